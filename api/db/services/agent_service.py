@@ -1,0 +1,633 @@
+"""Agents, their sessions, and ``run_agent()``, the synchronous agent loop.
+
+``run_agent()`` follows ``conversation_service.completion()``: a synchronous generator
+run in a worker thread by the bridge (``api.streaming.bridge``), whose ``cancel`` event
+is the stop flag. It saves the user message first and the assistant message — with
+its tool calls (arguments, results, timings) and references — before the last event;
+when stopped it saves what was done marked ``interrupted``, also when the consumer
+closes it (client gone).
+
+Two engines (``docs/agents.md``):
+
+* an OpenAI-compatible model: native function calling (``tools`` / ``tool_calls``),
+  streamed; each step is one model request, then the tool calls it asked for;
+* the built-in offline model: a fixed plan — ``retrieval`` when configured,
+  ``calculator`` when the question holds arithmetic, ``current_time`` when it asks for
+  the time or date — then an extractive answer from the results.
+
+``cancel`` is checked before every model request and tool call and between streamed
+pieces; the loop ends at ``max_iterations`` steps or ``time_limit`` seconds with a
+clear final sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import openai
+
+from api.agent.dsl import AgentDefinition, parse_definition
+from api.agent.tools import MODEL_RESULT_CHARS, ToolConfig, ToolResult, Toolset
+from api.db.agent_models import Agent, AgentMessage, AgentSession
+from api.db.db_models import DB, db_session, get_uuid, now_ms
+from api.db.services.dataset_service import check_datasets
+from api.db.services.retrieval_service import retrieve
+from api.rag.llm import ChatModelError, ChatRequest
+from api.rag.llm.offline import compose_answer, split_deltas
+from api.rag.llm.openai_chat import CLIENT_ERRORS, MID_ANSWER, describe_error
+from api.runtime import get_runtime
+from common.constants import OFFLINE_MODEL_NAME, MessageRole
+from common.errors import DataError
+
+#: Longest tool result in events and saved tool calls, characters (the model gets up
+#: to ``api.agent.tools.MODEL_RESULT_CHARS``).
+RESULT_PREVIEW_CHARS = 2000
+HISTORY_MESSAGES = 20
+ITERATION_LIMIT_MESSAGE = "I stopped here: this agent may take at most {n} steps and had no final answer yet."
+TIME_LIMIT_MESSAGE = "I stopped here: this agent's time limit of {s:g} seconds was reached."
+NO_ANSWER_MESSAGE = "I could not find an answer to this with my tools."
+
+
+# -- events ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Thinking:
+    """A step starts (a model request, or a tool of the offline plan)."""
+
+    step: int
+    message_id: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ToolCallStart:
+    """A tool is called."""
+
+    call_id: str
+    tool_name: str
+    arguments: Any
+    message_id: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ToolCallEnd:
+    """A tool call ended; ``result`` is cut at :data:`RESULT_PREVIEW_CHARS`."""
+
+    call_id: str
+    tool_name: str
+    result: str
+    status: str
+    elapsed_ms: int
+    message_id: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class MessageDelta:
+    """New answer text (never cumulative)."""
+
+    text: str
+    message_id: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class MessageEnd:
+    """The whole answer as saved, its references and tool calls; the last event."""
+
+    content: str
+    reference: dict
+    tool_calls: list[dict]
+    message_id: str
+    session_id: str
+    interrupted: bool = False
+
+
+AgentEvent = Thinking | ToolCallStart | ToolCallEnd | MessageDelta | MessageEnd
+
+
+# -- agents ------------------------------------------------------------------------
+def agent_to_dict(agent: Agent) -> dict:
+    """The agent object of the API (RAGFlow's fields ``id``, ``title``, ``description``, ``dsl``)."""
+    return {
+        "id": agent.id,
+        "title": agent.title,
+        "description": agent.description,
+        "dsl": agent.dsl,
+        "create_time": agent.create_time,
+        "update_time": agent.update_time,
+    }
+
+
+def _validated_dsl(tenant_id: str, dsl: Any) -> dict:
+    definition = parse_definition(dsl)
+    for tool in definition.tools:
+        if tool.type == "retrieval":
+            check_datasets(tenant_id, list(dict.fromkeys(tool.dataset_ids)))
+    return definition.model_dump(mode="json")
+
+
+def _check_title(tenant_id: str, title: str, exclude_id: str | None = None) -> None:
+    query = Agent.select().where((Agent.tenant_id == tenant_id) & (Agent.title == title))
+    if exclude_id:
+        query = query.where(Agent.id != exclude_id)
+    if query.exists():
+        raise DataError(f"Agent with title {title} already exists.")
+
+
+@db_session()
+def get_agent(tenant_id: str, agent_id: str) -> Agent:
+    """The tenant's agent.
+
+    Raises:
+        DataError: no such agent for this tenant (another tenant's agent included).
+    """
+    agent = Agent.get_or_none((Agent.id == agent_id) & (Agent.tenant_id == tenant_id))
+    if agent is None:
+        raise DataError(f"You don't own the agent {agent_id}")
+    return agent
+
+
+@db_session()
+def create_agent(tenant_id: str, title: str, description: str, dsl: Any) -> dict:
+    """Create an agent; ``dsl`` is validated (ours or a RAGFlow canvas) and stored as ours.
+
+    Raises:
+        ArgumentError: invalid ``dsl``. DataError: duplicate title, datasets not the tenant's.
+    """
+    stored = _validated_dsl(tenant_id, dsl)
+    _check_title(tenant_id, title)
+    return agent_to_dict(Agent.create(tenant_id=tenant_id, title=title, description=description, dsl=stored))
+
+
+@db_session()
+def update_agent(tenant_id: str, agent_id: str, fields: dict) -> dict:
+    """Change ``title``, ``description`` and/or ``dsl`` (validated as on create)."""
+    agent = get_agent(tenant_id, agent_id)
+    if fields.get("dsl") is not None:
+        agent.dsl = _validated_dsl(tenant_id, fields["dsl"])
+    if fields.get("title") is not None:
+        _check_title(tenant_id, fields["title"], agent_id)
+        agent.title = fields["title"]
+    if fields.get("description") is not None:
+        agent.description = fields["description"]
+    agent.save()
+    return agent_to_dict(agent)
+
+
+@db_session()
+def list_agents(
+    tenant_id: str, page: int, page_size: int, orderby: str, desc: bool, title: str | None, agent_id: str | None
+) -> list[dict]:
+    """One page of the tenant's agents."""
+    query = Agent.select().where(Agent.tenant_id == tenant_id)
+    if title:
+        query = query.where(Agent.title == title)
+    if agent_id:
+        query = query.where(Agent.id == agent_id)
+    column = getattr(Agent, orderby)
+    return [agent_to_dict(a) for a in query.order_by(column.desc() if desc else column.asc()).paginate(page, page_size)]
+
+
+@db_session()
+def delete_agent(tenant_id: str, agent_id: str) -> None:
+    """Delete an agent with its sessions and messages."""
+    agent = get_agent(tenant_id, agent_id)
+    session_ids = [s.id for s in AgentSession.select(AgentSession.id).where(AgentSession.agent_id == agent.id)]
+    with DB.atomic():
+        if session_ids:
+            AgentMessage.delete().where(AgentMessage.session_id.in_(session_ids)).execute()
+            AgentSession.delete().where(AgentSession.id.in_(session_ids)).execute()
+        agent.delete_instance()
+
+
+# -- sessions ----------------------------------------------------------------------
+def message_to_dict(message: AgentMessage) -> dict:
+    """A stored message; assistant messages with references, tool calls and ``interrupted``."""
+    item = {"id": message.id, "role": message.role, "content": message.content}
+    if message.role == MessageRole.ASSISTANT.value:
+        item["reference"] = message.reference or {}
+        item["tool_calls"] = message.tool_calls or []
+        item["interrupted"] = message.interrupted
+    return item
+
+
+def session_to_dict(session: AgentSession, messages: list[AgentMessage]) -> dict:
+    """An agent session with its messages."""
+    return {
+        "id": session.id,
+        "agent_id": session.agent_id,
+        "name": session.name,
+        "user_id": session.user_id,
+        "messages": [message_to_dict(m) for m in messages],
+        "create_time": session.create_time,
+        "update_time": session.update_time,
+    }
+
+
+def _messages(session_ids: list[str]) -> dict[str, list[AgentMessage]]:
+    grouped: dict[str, list[AgentMessage]] = {sid: [] for sid in session_ids}
+    if session_ids:
+        query = AgentMessage.select().where(AgentMessage.session_id.in_(session_ids)).order_by(AgentMessage.position)
+        for message in query:
+            grouped[message.session_id].append(message)
+    return grouped
+
+
+def _create_session(agent: Agent, name: str, user_id: str) -> AgentSession:
+    with DB.atomic():
+        session = AgentSession.create(agent_id=agent.id, tenant_id=agent.tenant_id, name=name[:255], user_id=user_id)
+        prologue = (agent.dsl or {}).get("prologue")
+        if prologue:
+            AgentMessage.create(session_id=session.id, role=MessageRole.ASSISTANT.value, content=prologue)
+    return session
+
+
+@db_session()
+def create_session(tenant_id: str, agent_id: str, name: str = "New session", user_id: str = "") -> dict:
+    """Create a session of the tenant's agent, opened by the agent's prologue."""
+    agent = get_agent(tenant_id, agent_id)
+    session = _create_session(agent, name, user_id)
+    return session_to_dict(session, _messages([session.id])[session.id])
+
+
+@db_session()
+def get_session(tenant_id: str, agent_id: str, session_id: str) -> AgentSession:
+    """The session, checked to belong to the tenant's agent.
+
+    Raises:
+        DataError: unknown agent or session.
+    """
+    get_agent(tenant_id, agent_id)
+    session = AgentSession.get_or_none((AgentSession.id == session_id) & (AgentSession.agent_id == agent_id))
+    if session is None:
+        raise DataError(f"The agent doesn't own the session {session_id}")
+    return session
+
+
+@db_session()
+def list_sessions(
+    tenant_id: str, agent_id: str, page: int, page_size: int, orderby: str, desc: bool,
+    session_id: str | None = None, user_id: str | None = None,
+) -> list[dict]:
+    """One page of an agent's sessions with their messages."""
+    get_agent(tenant_id, agent_id)
+    query = AgentSession.select().where(AgentSession.agent_id == agent_id)
+    if session_id:
+        query = query.where(AgentSession.id == session_id)
+    if user_id:
+        query = query.where(AgentSession.user_id == user_id)
+    column = getattr(AgentSession, orderby)
+    sessions = list(query.order_by(column.desc() if desc else column.asc()).paginate(page, page_size))
+    grouped = _messages([s.id for s in sessions])
+    return [session_to_dict(s, grouped[s.id]) for s in sessions]
+
+
+@db_session()
+def delete_sessions(tenant_id: str, agent_id: str, session_ids: list[str] | None) -> int:
+    """Delete sessions (all of the agent's when ``None``) and their messages."""
+    get_agent(tenant_id, agent_id)
+    if session_ids is None:
+        ids = [s.id for s in AgentSession.select(AgentSession.id).where(AgentSession.agent_id == agent_id)]
+    else:
+        ids = [get_session(tenant_id, agent_id, sid).id for sid in session_ids]
+    if ids:
+        with DB.atomic():
+            AgentMessage.delete().where(AgentMessage.session_id.in_(ids)).execute()
+            AgentSession.delete().where(AgentSession.id.in_(ids)).execute()
+    return len(ids)
+
+
+# -- the offline plan (pure) -------------------------------------------------------
+_ARITHMETIC = re.compile(r"[-+*/^%().\d\s×÷]+")
+_OPERATOR_BETWEEN = re.compile(r"\d[\s)]*[-+*/^%×÷][\s(]*[-+(]?\d")
+_TIME_WORDS = re.compile(r"\b(time|date|today|clock|what day)\b|几点|时间|日期|今天|星期几", re.IGNORECASE)
+_ZONE = re.compile(r"\b([A-Z][A-Za-z_]+/[A-Z][A-Za-z_]+(?:/[A-Z][A-Za-z_]+)?|UTC)\b")
+
+
+def extract_expression(question: str) -> str | None:
+    """The longest arithmetic expression in ``question`` (two numbers and an operator
+    at least), ``×``/``÷`` written as ``*``/``/``; None when there is none."""
+    best = None
+    for match in _ARITHMETIC.finditer(question):
+        candidate = match.group().strip().rstrip(".").strip()
+        while candidate.count("(") < candidate.count(")") and candidate.endswith(")"):
+            candidate = candidate[:-1].rstrip()
+        while candidate.count("(") > candidate.count(")") and candidate.startswith("("):
+            candidate = candidate[1:].lstrip()
+        if _OPERATOR_BETWEEN.search(candidate) and (best is None or len(candidate) > len(best)):
+            best = candidate
+    return best.replace("×", "*").replace("÷", "/") if best else None
+
+
+def offline_plan(definition: AgentDefinition, question: str) -> list[tuple[str, dict]]:
+    """The tool calls of the offline model, in order: ``(tool name, arguments)``."""
+    plan: list[tuple[str, dict]] = []
+    if definition.tool("retrieval"):
+        plan.append(("retrieval", {"question": question}))
+    expression = extract_expression(question)
+    if expression and definition.tool("calculator"):
+        plan.append(("calculator", {"expression": expression}))
+    if _TIME_WORDS.search(question) and definition.tool("current_time"):
+        zone = _ZONE.search(question)
+        plan.append(("current_time", {"timezone": zone.group(1) if zone else "UTC"}))
+    return plan
+
+
+def offline_answer(question: str, results: list[tuple[str, dict, ToolResult]], chunks: list[dict]) -> str:
+    """The extractive answer from the plan's results (retrieved sentences cite ``[ID:n]``)."""
+    sentences = []
+    for name, arguments, result in results:
+        if name == "calculator":
+            if result.status == "completed":
+                sentences.append(f"{arguments['expression']} = {result.content}.")
+            else:
+                sentences.append(f"I could not calculate {arguments['expression']}: {result.content.removeprefix('error: ')}.")
+        elif name == "current_time" and result.status == "completed":
+            sentences.append(f"The current time in {arguments['timezone']} is {result.content.split(' ', 1)[0]}.")
+    if chunks:
+        extract = compose_answer(ChatRequest(question=question, messages=[], chunks=chunks, empty_response=""))
+        if extract:
+            sentences.insert(0, extract)
+    return " ".join(sentences) or NO_ANSWER_MESSAGE
+
+
+# -- the run -----------------------------------------------------------------------
+@dataclass
+class _Turn:
+    agent_id: str
+    definition: AgentDefinition
+    session_id: str
+    question: str
+    history: list[dict]
+    message_id: str = field(default_factory=get_uuid)
+
+
+def _history(session_id: str) -> list[dict]:
+    messages = list(
+        AgentMessage.select().where(AgentMessage.session_id == session_id)
+        .order_by(AgentMessage.position.desc()).limit(HISTORY_MESSAGES)
+    )[::-1]
+    while messages and messages[0].role != MessageRole.USER.value:
+        messages.pop(0)
+    return [{"role": m.role, "content": m.content} for m in messages if m.content]
+
+
+@db_session()
+def _begin_turn(tenant_id: str, agent_id: str, question: str, session_id: str | None) -> _Turn:
+    """Load the agent and session (creating it), read history, save the question."""
+    agent = get_agent(tenant_id, agent_id)
+    definition = AgentDefinition.model_validate(agent.dsl)
+    for tool in definition.tools:
+        if tool.type == "retrieval":
+            check_datasets(tenant_id, list(dict.fromkeys(tool.dataset_ids)))
+    if session_id:
+        session = get_session(tenant_id, agent_id, session_id)
+    else:
+        session = _create_session(agent, question[:255] or "New session", "")
+    history = _history(session.id)
+    AgentMessage.create(session_id=session.id, role=MessageRole.USER.value, content=question)
+    return _Turn(agent.id, definition, session.id, question, history)
+
+
+@db_session()
+def _save_answer(turn: _Turn, answer: str, reference: dict, tool_calls: list[dict], interrupted: bool) -> None:
+    AgentMessage.create(
+        id=turn.message_id, session_id=turn.session_id, role=MessageRole.ASSISTANT.value, content=answer,
+        reference=reference, tool_calls=tool_calls, interrupted=interrupted,
+    )
+    AgentSession.update(update_time=now_ms()).where(AgentSession.id == turn.session_id).execute()
+
+
+@lru_cache(maxsize=16)
+def _openai_client(base_url: str, api_key: str, timeout: float) -> openai.OpenAI:
+    """One shared client (and connection pool) per endpoint, key and timeout."""
+    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+
+
+@dataclass
+class _PendingCall:
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+class _Run:
+    """The state of one run: answer so far, tool calls made, deadline, stop flag."""
+
+    def __init__(self, turn: _Turn, toolset: Toolset, cancel: threading.Event, settings: Any) -> None:
+        self.turn = turn
+        self.definition = turn.definition
+        self.toolset = toolset
+        self.cancel = cancel
+        self.settings = settings
+        self.deadline = time.monotonic() + turn.definition.time_limit
+        self.parts: list[str] = []
+        self.tool_calls: list[dict] = []
+
+    @property
+    def ids(self) -> tuple[str, str]:
+        return self.turn.message_id, self.turn.session_id
+
+    @property
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.parts)
+
+    def delta(self, text: str) -> MessageDelta:
+        self.parts.append(text)
+        return MessageDelta(text, *self.ids)
+
+    def say(self, sentence: str) -> Iterator[AgentEvent]:
+        """Append a sentence of ours (a limit reached) to the answer."""
+        yield self.delta(("\n\n" if self.parts else "") + sentence)
+
+    def call_tool(self, call_id: str, name: str, arguments: Any) -> Iterator[AgentEvent]:
+        """Run one tool call: its start and end events; returns the result (``yield from``)."""
+        parsed = arguments
+        if isinstance(arguments, str):
+            try:
+                parsed = json.loads(arguments or "{}")
+            except json.JSONDecodeError:
+                parsed = None
+        yield ToolCallStart(call_id, name, parsed if parsed is not None else arguments, *self.ids)
+        started = time.monotonic()
+        if parsed is None:
+            result = ToolResult("error: the arguments are not valid JSON", "error")
+        else:
+            result = self.toolset.call(name, parsed, timeout=self.remaining)
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        preview = result.content[:RESULT_PREVIEW_CHARS]
+        self.tool_calls.append({
+            "call_id": call_id, "tool_name": name, "arguments": parsed if parsed is not None else arguments,
+            "result": preview, "status": result.status, "elapsed_ms": elapsed_ms,
+        })
+        yield ToolCallEnd(call_id, name, preview, result.status, elapsed_ms, *self.ids)
+        return result
+
+
+def _offline_engine(run: _Run) -> Iterator[AgentEvent]:
+    plan = offline_plan(run.definition, run.turn.question)
+    results: list[tuple[str, dict, ToolResult]] = []
+    for step, (name, arguments) in enumerate(plan, start=1):
+        if run.cancel.is_set():
+            return
+        if step > run.definition.max_iterations:
+            yield from run.say(ITERATION_LIMIT_MESSAGE.format(n=run.definition.max_iterations))
+            return
+        if run.remaining <= 0:
+            yield from run.say(TIME_LIMIT_MESSAGE.format(s=run.definition.time_limit))
+            return
+        yield Thinking(step, *run.ids)
+        result = yield from run.call_tool(f"call_{step}", name, arguments)
+        results.append((name, arguments, result))
+    if run.cancel.is_set():
+        return
+    yield Thinking(len(plan) + 1, *run.ids)
+    answer = offline_answer(run.turn.question, results, run.toolset.references.chunks)
+    delay = run.settings.offline_token_delay
+    for index, piece in enumerate(split_deltas(answer)):
+        if index and delay > 0:
+            run.cancel.wait(delay)
+        if run.cancel.is_set():
+            return
+        yield run.delta(piece)
+
+
+def _model_step(run: _Run, client: openai.OpenAI, messages: list[dict], tools: list[dict]) -> Iterator[AgentEvent]:
+    """One streamed model request; yields text deltas, returns ``(text, tool calls)``."""
+    llm = run.definition.llm
+    sampling = {k: v for k, v in (("temperature", llm.temperature), ("top_p", llm.top_p), ("max_tokens", llm.max_tokens)) if v is not None}
+    if tools:
+        sampling["tools"] = tools
+    timeout = max(0.5, min(run.settings.llm_timeout, run.remaining))
+    try:
+        upstream = client.chat.completions.create(
+            model=llm.model_name, messages=messages, stream=True, timeout=timeout, **sampling
+        )
+    except CLIENT_ERRORS as error:
+        raise ChatModelError(describe_error(error, started=False)) from error
+    text: list[str] = []
+    calls: dict[int, _PendingCall] = {}
+    finished = False
+    with upstream:
+        try:
+            for chunk in upstream:
+                if run.cancel.is_set():
+                    return "".join(text), []
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                finished = finished or bool(choice.finish_reason)
+                delta = choice.delta
+                if delta is None:
+                    continue
+                if delta.content:
+                    text.append(delta.content)
+                    yield run.delta(delta.content)
+                for piece in delta.tool_calls or []:
+                    pending = calls.setdefault(piece.index, _PendingCall())
+                    pending.call_id = piece.id or pending.call_id
+                    if piece.function is not None:
+                        pending.name += piece.function.name or ""
+                        pending.arguments += piece.function.arguments or ""
+        except CLIENT_ERRORS as error:
+            raise ChatModelError(describe_error(error, started=bool(text or calls))) from error
+    if not finished and not run.cancel.is_set():
+        raise ChatModelError(MID_ANSWER)
+    ordered = [calls[index] for index in sorted(calls)]
+    for number, call in enumerate(ordered):
+        call.call_id = call.call_id or f"call_{run.turn.message_id[:8]}_{number}"
+    return "".join(text), ordered
+
+
+def _function_calling_engine(run: _Run) -> Iterator[AgentEvent]:
+    settings = run.settings
+    if not settings.llm_configured:
+        raise ChatModelError(f"model '{run.definition.llm.model_name}' is not available: set RAGSOCKET_LLM_BASE_URL and RAGSOCKET_LLM_MODEL")
+    client = _openai_client(settings.llm_base_url, settings.llm_api_key or "none", settings.llm_timeout)
+    tools = run.toolset.schemas()
+    messages: list[dict] = [
+        {"role": "system", "content": run.definition.system_prompt},
+        *run.turn.history,
+        {"role": "user", "content": run.turn.question},
+    ]
+    for step in range(1, run.definition.max_iterations + 1):
+        if run.cancel.is_set():
+            return
+        if run.remaining <= 0:
+            yield from run.say(TIME_LIMIT_MESSAGE.format(s=run.definition.time_limit))
+            return
+        yield Thinking(step, *run.ids)
+        text, calls = yield from _model_step(run, client, messages, tools)
+        if not calls or run.cancel.is_set():
+            return
+        messages.append({
+            "role": "assistant", "content": text or None,
+            "tool_calls": [{"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls],
+        })
+        for call in calls:
+            if run.cancel.is_set():
+                return
+            if run.remaining <= 0:
+                yield from run.say(TIME_LIMIT_MESSAGE.format(s=run.definition.time_limit))
+                return
+            result = yield from run.call_tool(call.call_id, call.name, call.arguments)
+            messages.append({"role": "tool", "tool_call_id": call.call_id, "content": result.content[:MODEL_RESULT_CHARS]})
+    yield from run.say(ITERATION_LIMIT_MESSAGE.format(n=run.definition.max_iterations))
+
+
+def run_agent(
+    tenant_id: str,
+    agent_id: str,
+    question: str,
+    session_id: str | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[AgentEvent]:
+    """Answer ``question`` with the agent, streaming its steps.
+
+    Args:
+        tenant_id: the caller; the agent and session must be the tenant's.
+        agent_id: the agent.
+        question: the user's question (validated as non-empty).
+        session_id: the session to continue; ``None`` creates one.
+        cancel: stop flag, checked before every model request and tool call.
+
+    Yields:
+        :class:`Thinking`, :class:`ToolCallStart` / :class:`ToolCallEnd`,
+        :class:`MessageDelta` events, then one :class:`MessageEnd` (saved before it is
+        yielded; ``interrupted`` when ``cancel`` was set). Closed early, the generator
+        saves what was done with ``interrupted=True``.
+
+    Raises:
+        DataError: unknown agent or session. ChatModelError: the model failed (what
+        was done is saved).
+    """
+    stop = cancel if cancel is not None else threading.Event()
+    turn = _begin_turn(tenant_id, agent_id, question, session_id)
+    settings = get_runtime().settings
+    toolset = Toolset(turn.definition, ToolConfig(settings.agent_allow_private_urls, settings.agent_mcp_command_set), retrieve)
+    run = _Run(turn, toolset, stop, settings)
+    offline = turn.definition.llm.model_name in ("", OFFLINE_MODEL_NAME)
+    saved = False
+    try:
+        yield from (_offline_engine(run) if offline else _function_calling_engine(run))
+        toolset.close()  # before the last event: MCP servers may take a moment to exit
+        reference = toolset.references.as_reference()
+        _save_answer(turn, run.answer, reference, run.tool_calls, interrupted=stop.is_set())
+        saved = True
+        yield MessageEnd(run.answer, reference, run.tool_calls, *run.ids, interrupted=stop.is_set())
+    finally:
+        toolset.close()
+        if not saved:
+            _save_answer(turn, run.answer, toolset.references.as_reference(), run.tool_calls, interrupted=True)
