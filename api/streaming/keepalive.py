@@ -1,0 +1,107 @@
+"""WebSocket keepalive: server pings, and a close when the pong does not come back.
+
+ASGI gives applications no access to ping and pong frames, and hypercorn's
+``websocket_ping_interval`` sends pings but never checks the answers. This module
+installs a small subclass of hypercorn's ``WSStream`` (used for HTTP/1.1 and HTTP/2
+WebSockets) that records each pong (RFC 6455 section 5.5.3) and closes the connection
+with 1011 "keepalive ping timeout" — as the ``websockets`` library does — when no
+pong arrived within ``pong_timeout`` seconds of a ping. Its ping loop also ends as
+soon as the connection closes (hypercorn's sleeps a whole interval first, keeping
+every closed connection's tasks alive that long).
+
+The same subclass also answers a frame wsproto cannot parse (invalid UTF-8 in a text
+message: 1007; bad framing: 1002) with a close frame carrying that code, where
+hypercorn would drop the TCP connection without one.
+
+Tested against hypercorn 0.17–0.18 (``test/test_ws_protocol.py``), whose
+``WSStream._accept`` and ``_send_pings`` this relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from hypercorn.protocol import h2, h11
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.ws_stream import WSStream
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection, Event, Ping, Pong
+
+from common.constants import CloseCode
+
+KEEPALIVE_REASON = "keepalive ping timeout"
+
+
+class KeepaliveWSStream(WSStream):
+    """hypercorn's WSStream plus pong tracking (see the module docstring)."""
+
+    pong_timeout: float = 20.0
+
+    async def handle(self, event) -> None:  # type: ignore[no-untyped-def]
+        await super().handle(event)
+        if self.closed:
+            self._stream_closed().set()
+
+    def _stream_closed(self) -> asyncio.Event:
+        event = getattr(self, "_closed_event", None)
+        if event is None:
+            event = self._closed_event = asyncio.Event()
+        return event
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake as soon as the stream closes (hypercorn's own ping loop
+        sleeps through the close and keeps the connection's task group alive)."""
+        try:
+            await asyncio.wait_for(self._stream_closed().wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _accept(self, message) -> None:  # type: ignore[no-untyped-def]
+        self._last_pong = time.monotonic()
+        self._batch: list[Event] = []
+        await super()._accept(message)
+        self._source_events = self.connection.events
+        self.connection.events = lambda: iter(self._batch)  # type: ignore[method-assign]
+
+    async def _handle_events(self) -> None:
+        """Note pongs, and answer frames wsproto could not parse (invalid UTF-8: 1007,
+        bad framing: 1002) with a close frame: wsproto reports them as a
+        ``CloseConnection`` event without closing, and hypercorn then drops the TCP
+        connection silently, so the client would only see 1006."""
+        self._batch = []
+        for event in self._source_events():
+            if isinstance(event, Pong):
+                self._last_pong = time.monotonic()
+            elif isinstance(event, CloseConnection) and self.connection.state is ConnectionState.OPEN:
+                await self._send_wsproto_event(CloseConnection(code=event.code, reason=(event.reason or "")[:120]))
+            self._batch.append(event)
+        await super()._handle_events()
+
+    async def _send_pings(self) -> None:
+        interval = float(self.config.websocket_ping_interval or 0)
+        tick = min(interval, self.pong_timeout) / 2
+        last_ping = float("-inf")
+        outstanding: float | None = None  # when the oldest unanswered ping was sent
+        while not self.closed:
+            now = time.monotonic()
+            if outstanding is not None and self._last_pong >= outstanding:
+                outstanding = None
+            if outstanding is not None and now - outstanding >= self.pong_timeout:
+                await self._send_wsproto_event(
+                    CloseConnection(code=CloseCode.INTERNAL_ERROR, reason=KEEPALIVE_REASON)
+                )
+                await self.send(StreamClosed(stream_id=self.stream_id))
+                return
+            if now - last_ping >= interval:
+                await self._send_wsproto_event(Ping(payload=str(int(now * 1000)).encode()))
+                last_ping = now
+                outstanding = now if outstanding is None else outstanding
+            await self._pause(tick)
+
+
+def install(pong_timeout: float) -> None:
+    """Make hypercorn serve WebSockets with :class:`KeepaliveWSStream`."""
+    KeepaliveWSStream.pong_timeout = pong_timeout
+    h11.WSStream = KeepaliveWSStream  # type: ignore[misc]
+    h2.WSStream = KeepaliveWSStream  # type: ignore[misc]
