@@ -1,0 +1,94 @@
+"""``GET /demo/``: the browser demo page ``example/websocket/index.html``.
+
+The page is one self-contained HTML file (inline CSS and JavaScript). It is read at
+request time, so an edited page shows on the next reload. It is looked up next to
+the source tree (``<repo>/example/websocket/index.html``) and then under the current
+working directory, so it is found from a checkout or an editable install started
+anywhere, and from a regular install started in the repository. When it is found
+nowhere the route answers 404 with an error envelope naming the places it looked.
+
+The response carries a Content-Security-Policy that allows only the page's own
+inline script and style (by their SHA-256 hashes) and connections to any HTTP(S) or
+WS(S) server (the page's "Server" field may point at another host).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from pathlib import Path
+
+from quart import Blueprint, Response
+
+from api.utils.api_utils import error_result
+from common.constants import RetCode
+
+manager = Blueprint("web", __name__)
+
+PAGE_RELATIVE = Path("example") / "websocket" / "index.html"
+#: Where the page is looked for, in order.
+PAGE_CANDIDATES = (
+    Path(__file__).resolve().parents[2] / PAGE_RELATIVE,
+    PAGE_RELATIVE,  # relative to the working directory at request time
+)
+_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+def find_page() -> Path | None:
+    """The first candidate path that is a file, or ``None``."""
+    for candidate in PAGE_CANDIDATES:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def content_security_policy(html: str) -> str:
+    """A CSP allowing exactly the inline ``<script>`` and ``<style>`` blocks of ``html``."""
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+    for tag, body in _INLINE.findall(html):
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        hashes[tag].append(f"'sha256-{digest}'")
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src " + (" ".join(hashes["script"]) or "'none'"),
+            "style-src " + (" ".join(hashes["style"]) or "'none'"),
+            "connect-src 'self' http: https: ws: wss:",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+@manager.route("/demo", methods=["GET"])
+async def demo_redirect() -> Response:
+    """``/demo`` → ``/demo/`` (relative, so it also works behind a path prefix)."""
+    return Response("", status=308, headers={"Location": "demo/"})
+
+
+@manager.route("/demo/", methods=["GET"])
+async def demo_page():
+    """The demo page, or 404 with the paths searched when the file is missing."""
+    path = find_page()
+    if path is None:
+        searched = ", ".join(str(c) for c in PAGE_CANDIDATES)
+        return error_result(
+            RetCode.NOT_FOUND,
+            f"the web demo page is not installed: {PAGE_RELATIVE} was not found (looked in: {searched}); "
+            "run the service from a checkout of the repository",
+            status=404,
+        )
+    html = path.read_text(encoding="utf-8")
+    return Response(
+        html,
+        content_type="text/html; charset=utf-8",
+        headers={
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": content_security_policy(html),
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
