@@ -1,0 +1,535 @@
+"""Agent tools, the agent definition, the offline plan and the agent frames, in process
+(no RagSocket server): each tool against real endpoints (a loopback HTTP server, a
+stdio MCP server and a streamable-HTTP MCP server started by the test); and MCP over
+streamable HTTP through real servers (private URLs allowed, and refused)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from api.agent.dsl import (
+    AgentDefinition,
+    HttpRequestTool,
+    from_ragflow_canvas,
+    parse_definition,
+)
+from api.agent.tools import (
+    CalculatorToolImpl,
+    CurrentTimeToolImpl,
+    HttpRequestToolImpl,
+    ToolConfig,
+    ToolError,
+    Toolset,
+    evaluate,
+    resolve_checked,
+    url_allowed,
+)
+from api.db.services.agent_service import (
+    MessageDelta,
+    MessageEnd,
+    Thinking,
+    ToolCallEnd,
+    ToolCallStart,
+    extract_expression,
+    offline_plan,
+)
+from api.streaming.agent_frames import (
+    SSE_DONE,
+    AgentFramer,
+    AgentSSEFramer,
+    agent_sse_event,
+)
+from common.errors import ArgumentError, DataError
+from test.support.server import ServerProcess, free_port, ok
+from test.support.ws import ask
+
+MCP_SERVER = str(Path(__file__).parent / "support" / "mcp_echo_server.py")
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A loopback HTTP server that ignores clients hanging up (a tool timing out)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+# -- calculator ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [("(2 + 3) * 4", "20"), ("2^10", "1024"), ("2**0.5 * 2**0.5", "2"), ("sqrt(16) + abs(-2)", "6"), ("7 / 2", "3.5"), ("10 % 4", "2"), ("round(pi, 3)", "3.142")],
+)
+def test_calculator_evaluates_arithmetic(expression, expected):
+    assert CalculatorToolImpl().run({"expression": expression}, 1).content == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "fragment"),
+    [
+        ("__import__('os').system('id')", "not an arithmetic expression"),
+        ("open", "not a valid arithmetic expression"),
+        ("'a' * 10", "not an arithmetic expression"),
+        ("1 < 2", "not an arithmetic expression"),
+        ("1 / 0", "division by zero"),
+        ("9 ** 9 ** 9", "too large"),
+        ("2 +", "not a valid arithmetic expression"),
+        ("x" * 300, "1 to 256 characters"),
+    ],
+)
+def test_calculator_refuses_what_is_not_arithmetic(expression, fragment):
+    with pytest.raises(ToolError) as raised:
+        evaluate(expression)
+    assert fragment in str(raised.value)
+
+
+def test_calculator_needs_an_expression_argument():
+    with pytest.raises(ToolError, match="`expression` is required"):
+        CalculatorToolImpl().run({}, 1)
+
+
+# -- current time --------------------------------------------------------------------
+def test_current_time_in_a_zone():
+    clock = lambda: dt.datetime(2024, 1, 1, 23, 30, tzinfo=dt.UTC)
+    tool = CurrentTimeToolImpl(clock)
+    assert tool.run({"timezone": "Asia/Shanghai"}, 1).content == "2024-01-02T07:30:00+08:00 (Tuesday, Asia/Shanghai)"
+    assert tool.run({}, 1).content == "2024-01-01T23:30:00+00:00 (Monday, UTC)"
+    with pytest.raises(ToolError, match="unknown time zone 'Mars/Olympus'"):
+        tool.run({"timezone": "Mars/Olympus"}, 1)
+
+
+def test_current_time_is_now():
+    content = CurrentTimeToolImpl().run({"timezone": "UTC"}, 1).content
+    stamp = dt.datetime.fromisoformat(content.split(" ")[0])
+    assert abs((dt.datetime.now(dt.UTC) - stamp).total_seconds()) < 5
+
+
+# -- http_request --------------------------------------------------------------------
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/data/ok":
+            self._send(200, f"hello from {self.headers['Host']}".encode())
+        elif self.path == "/data/big":
+            self._send(200, b"x" * 100_000)
+        elif self.path == "/data/slow":
+            time.sleep(2)
+            self._send(200, b"late")
+        elif self.path == "/data/redirect":
+            self._send(302, b"", {"Location": "http://169.254.169.254/latest/meta-data"})
+        elif self.path == "/data/missing":
+            self._send(404, b"no such thing")
+        else:
+            self._send(200, b"outside the prefix")
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send(200, b"got " + self.headers["Content-Type"].encode() + b" " + body)
+
+
+@pytest.fixture(scope="module")
+def http_base() -> Iterator[str]:
+    server = QuietHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def http_tool(base: str, allow_private: bool = True, **fields) -> HttpRequestToolImpl:
+    spec = HttpRequestTool(type="http_request", allowed_url_prefixes=[f"{base}/data/"], **fields)
+    return HttpRequestToolImpl(spec, allow_private)
+
+
+def test_http_get_and_post_under_the_prefix(http_base):
+    tool = http_tool(http_base)
+    host = http_base.removeprefix("http://")
+    assert tool.run({"url": f"{http_base}/data/ok"}, 5).content == f"HTTP 200\nhello from {host}"
+    posted = tool.run({"url": f"{http_base}/data/echo", "method": "POST", "body": {"a": 1}}, 5)
+    assert posted.content == 'HTTP 200\ngot application/json {"a": 1}'
+    missing = tool.run({"url": f"{http_base}/data/missing"}, 5)
+    assert (missing.status, missing.content) == ("error", "HTTP 404\nno such thing")
+
+
+def test_http_redirect_is_not_followed(http_base):
+    result = http_tool(http_base).run({"url": f"{http_base}/data/redirect"}, 5)
+    assert result.content == "HTTP 302\nLocation: http://169.254.169.254/latest/meta-data (redirects are not followed)\n"
+
+
+def test_http_response_size_cap(http_base):
+    result = http_tool(http_base, max_response_bytes=1000).run({"url": f"{http_base}/data/big"}, 5)
+    assert result.content == "HTTP 200\n" + "x" * 1000 + "\n[response truncated at 1000 bytes]"
+
+
+def test_http_timeout(http_base):
+    started = time.monotonic()
+    with pytest.raises(ToolError, match="timed out after 0.5 s"):
+        http_tool(http_base, timeout=0.5).run({"url": f"{http_base}/data/slow"}, 5)
+    assert time.monotonic() - started < 1.5
+
+
+def test_http_prefix_not_allowed(http_base):
+    tool = http_tool(http_base)
+    for url in (f"{http_base}/other", f"{http_base}/dat", "http://127.0.0.1.nip.io/data/ok", f"{http_base.replace('http', 'https')}/data/ok"):
+        with pytest.raises(ToolError, match="not under an allowed URL prefix"):
+            tool.run({"url": url}, 5)
+    with pytest.raises(ToolError, match="`method` must be GET or POST"):
+        tool.run({"url": f"{http_base}/data/ok", "method": "DELETE"}, 5)
+
+
+def test_http_loopback_refused_unless_allowed(http_base):
+    with pytest.raises(ToolError) as raised:
+        http_tool(http_base, allow_private=False).run({"url": f"{http_base}/data/ok"}, 5)
+    assert str(raised.value).startswith("refused: 127.0.0.1 resolves to a private, loopback or link-local address (127.0.0.1)")
+
+
+@pytest.mark.parametrize("host", ["localhost", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "0.0.0.0", "100.64.0.1", "::ffff:127.0.0.1"])
+def test_private_addresses_refused(host):
+    with pytest.raises(ToolError, match="refused"):
+        resolve_checked(host, 80, allow_private=False)
+    assert resolve_checked(host, 80, allow_private=True)
+
+
+def test_public_address_accepted():
+    assert resolve_checked("8.8.8.8", 80, allow_private=False) == "8.8.8.8"
+
+
+def test_url_prefix_matching():
+    prefixes = ["https://api.example.com/v1/"]
+    assert url_allowed("https://api.example.com/v1/items?q=1", prefixes)
+    assert not url_allowed("https://api.example.com.evil.org/v1/items", prefixes)
+    assert not url_allowed("https://api.example.com:8443/v1/items", prefixes)
+    assert not url_allowed("https://user@api.example.com/v1/items", prefixes)
+    assert not url_allowed("http://api.example.com/v1/items", prefixes)
+
+
+# -- toolset and MCP -----------------------------------------------------------------
+def test_toolset_turns_failures_into_error_results():
+    toolset = Toolset(parse_definition({"tools": [{"type": "calculator"}]}), ToolConfig(), retrieve=None)
+    assert toolset.call("calculator", {"expression": "1/0"}, 1).content == "error: division by zero"
+    assert toolset.call("nope", {}, 1).content == "error: there is no tool named 'nope'"
+    assert toolset.call("calculator", ["1"], 1).content == "error: the arguments must be a JSON object"
+    assert [s["function"]["name"] for s in toolset.schemas()] == ["calculator"]
+
+
+def mcp_toolset(commands: frozenset[str], timeout: float = 10) -> Toolset:
+    definition = parse_definition({"tools": [{"type": "mcp", "command": sys.executable, "args": [MCP_SERVER], "timeout": timeout}]})
+    return Toolset(definition, ToolConfig(mcp_commands=commands), retrieve=None)
+
+
+def test_mcp_tools_listed_and_called():
+    toolset = mcp_toolset(frozenset({sys.executable}))
+    try:
+        schemas = {s["function"]["name"]: s["function"] for s in toolset.schemas()}
+        assert sorted(schemas) == ["add", "echo", "fail", "sleep"]
+        assert schemas["echo"]["parameters"]["required"] == ["text"]
+        assert toolset.call("echo", {"text": "hi"}, 5).content == "echo: hi"
+        assert toolset.call("add", {"a": 2, "b": 3}, 5).content == "5.0"
+        failed = toolset.call("fail", {}, 5)
+        assert (failed.status, failed.content) == ("error", "error: Error executing tool fail")
+        started = time.monotonic()
+        slow = toolset.call("sleep", {"seconds": 5}, 0.5)
+        assert (slow.status, slow.content) == ("error", "error: the MCP tool 'sleep' timed out after 0.5 s")
+        assert time.monotonic() - started < 2
+        assert toolset.call("echo", {"text": "still there"}, 5).content == "echo: still there"
+    finally:
+        toolset.close()
+
+
+def test_mcp_command_not_allowed_is_not_started():
+    toolset = mcp_toolset(frozenset())
+    assert toolset.schemas() == []
+    assert toolset.call("echo", {"text": "hi"}, 5).status == "error"
+
+
+# -- MCP over streamable HTTP ----------------------------------------------------------
+def wait_listening(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the MCP server exited with {process.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"the MCP server did not listen on {port} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def mcp_http_url() -> Iterator[str]:
+    """The echo MCP server on a loopback port, streamable-HTTP transport."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, MCP_SERVER, "--transport", "streamable-http", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, process)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def mcp_http_toolset(url: str, allow_private: bool, timeout: float = 10) -> Toolset:
+    definition = parse_definition({"tools": [{"type": "mcp", "transport": "streamable_http", "url": url, "timeout": timeout}]})
+    return Toolset(definition, ToolConfig(allow_private_urls=allow_private), retrieve=None)
+
+
+def test_mcp_streamable_http_definition():
+    tool = parse_definition({"tools": [{"type": "mcp", "transport": "streamable_http", "url": "https://mcp.example.com/mcp"}]}).tool("mcp")
+    assert (tool.transport, tool.url, tool.command, tool.timeout) == ("streamable_http", "https://mcp.example.com/mcp", None, 30.0)
+    stdio = parse_definition({"tools": [{"type": "mcp", "command": "x"}]}).tool("mcp")
+    assert (stdio.transport, stdio.url) == ("stdio", None)
+    stored = parse_definition({"tools": [{"type": "mcp", "transport": "streamable_http", "url": "http://x/mcp"}]}).model_dump(mode="json")
+    assert parse_definition(stored).model_dump(mode="json") == stored, "the stored form validates again"
+
+
+def test_mcp_streamable_http_tools_listed_and_called(mcp_http_url):
+    toolset = mcp_http_toolset(mcp_http_url, allow_private=True)
+    try:
+        schemas = {s["function"]["name"]: s["function"] for s in toolset.schemas()}
+        assert sorted(schemas) == ["add", "echo", "fail", "sleep"]
+        assert schemas["echo"]["parameters"]["required"] == ["text"]
+        assert toolset.call("echo", {"text": "over http"}, 5).content == "echo: over http"
+        assert toolset.call("add", {"a": 2, "b": 3}, 5).content == "5.0"
+        failed = toolset.call("fail", {}, 5)
+        assert (failed.status, failed.content) == ("error", "error: Error executing tool fail")
+        started = time.monotonic()
+        slow = toolset.call("sleep", {"seconds": 3}, 0.5)
+        assert (slow.status, slow.content) == ("error", "error: the MCP tool 'sleep' timed out after 0.5 s")
+        assert time.monotonic() - started < 2
+        assert toolset.call("echo", {"text": "still there"}, 5).content == "echo: still there"
+    finally:
+        toolset.close()
+
+
+def test_mcp_streamable_http_loopback_refused_unless_allowed(mcp_http_url, caplog):
+    toolset = mcp_http_toolset(mcp_http_url, allow_private=False)
+    with caplog.at_level(logging.WARNING, logger="api.agent.tools"):
+        assert toolset.schemas() == []
+    assert toolset.call("echo", {"text": "hi"}, 5).content == "error: there is no tool named 'echo'"
+    assert "refused: 127.0.0.1 resolves to a private, loopback or link-local address (127.0.0.1)" in caplog.text
+    assert "RAGSOCKET_AGENT_ALLOW_PRIVATE_URLS" in caplog.text
+    toolset.close()
+
+
+def test_mcp_streamable_http_server_not_answering():
+    toolset = mcp_http_toolset(f"http://127.0.0.1:{free_port()}/mcp", allow_private=True, timeout=2)
+    started = time.monotonic()
+    assert toolset.schemas() == []
+    assert time.monotonic() - started < 5
+    toolset.close()
+
+
+@pytest.fixture(scope="module")
+def private_urls_server(server_env, tmp_path_factory) -> Iterator[ServerProcess]:
+    """A server allowing private URLs (the shared ``server`` keeps them refused)."""
+    env = {**server_env, "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("private-urls")), "RAGSOCKET_AGENT_ALLOW_PRIVATE_URLS": "true"}
+    with ServerProcess(env) as process:
+        yield process
+
+
+async def test_mcp_streamable_http_through_the_server(server, private_urls_server, tenant, mcp_http_url):
+    headers = {"Authorization": f"Bearer {tenant.api_key}"}
+    dsl = {"llm": {"model_name": "agent-tool"}, "tools": [{"type": "mcp", "transport": "streamable_http", "url": mcp_http_url, "timeout": 20}]}
+    async with httpx.AsyncClient(base_url=server.api_url, headers=headers, timeout=30) as api:
+        agent = ok(await api.post("/agents", json={"title": f"mcp-http-{time.monotonic_ns()}", "dsl": dsl}))
+    assert agent["dsl"]["tools"][0] | {"timeout": 0} == {
+        "type": "mcp", "transport": "streamable_http", "url": mcp_http_url, "command": None, "args": [], "env": {}, "timeout": 0,
+    }
+    question = json.dumps({"tool": "echo", "arguments": {"text": "hello over http"}})
+    async with connect(f"{private_urls_server.ws_url}/ws/agents/{agent['id']}/completions", additional_headers=headers) as ws:
+        frames = await ask(ws, question)
+    ends = [f["data"] for f in frames if f.get("event") == "tool_call_end"]
+    assert [(e["tool_name"], e["status"], e["result"]) for e in ends] == [("echo", "completed", "echo: hello over http")]
+    answer = "".join(f["data"]["content"] for f in frames if f.get("event") == "message")
+    assert answer == "Tool result: echo: hello over http"
+    async with connect(f"{server.ws_url}/ws/agents/{agent['id']}/completions", additional_headers=headers) as ws:
+        refused = await ask(ws, question)
+    (end,) = [f["data"] for f in refused if f.get("event") == "tool_call_end"]
+    assert (end["status"], end["result"]) == ("error", "error: there is no tool named 'echo'"), "loopback refused by default"
+    assert "refused: 127.0.0.1 resolves to a private, loopback or link-local address" in server.log_tail(200)
+
+
+# -- the definition ------------------------------------------------------------------
+def test_definition_defaults():
+    definition = parse_definition({})
+    assert (definition.max_iterations, definition.time_limit, definition.tools) == (5, 60.0, [])
+    assert definition.llm.model_name == "ragsocket-offline"
+
+
+@pytest.mark.parametrize(
+    ("dsl", "message"),
+    [
+        ({"max_iterations": 0}, "`dsl.max_iterations`: Input should be greater than or equal to 1"),
+        ({"max_iterations": 21}, "`dsl.max_iterations`: Input should be less than or equal to 20"),
+        ({"time_limit": 0}, "`dsl.time_limit`: Input should be greater than 0"),
+        ({"tools": [{"type": "shell"}]}, "`dsl.tools.0`: Input tag 'shell' found using 'type' does not match any of the expected tags"),
+        ({"tools": [{"type": "retrieval"}]}, "`dsl.tools.0.retrieval.dataset_ids`: Field required"),
+        ({"tools": [{"type": "calculator"}, {"type": "calculator"}]}, "`dsl`: the tool 'calculator' is listed twice"),
+        ({"tools": [{"type": "http_request", "allowed_url_prefixes": ["ftp://x/"]}]}, "`dsl.tools.0.http_request.allowed_url_prefixes`: 'ftp://x/' is not an http:// or https:// URL prefix with a host"),
+        ({"tools": [{"type": "mcp", "transport": "sse", "command": "x"}]}, "`dsl.tools.0.mcp.transport`: Input should be 'stdio' or 'streamable_http'"),
+        ({"tools": [{"type": "mcp"}]}, "`dsl.tools.0.mcp`: `command` is required with transport 'stdio'"),
+        ({"tools": [{"type": "mcp", "transport": "streamable_http"}]}, "`dsl.tools.0.mcp`: `url` is required with transport 'streamable_http'"),
+        ({"tools": [{"type": "mcp", "transport": "streamable_http", "url": "ftp://x/mcp"}]}, "`dsl.tools.0.mcp.url`: 'ftp://x/mcp' is not an http:// or https:// URL with a host"),
+        ({"tools": [{"type": "mcp", "transport": "streamable_http", "url": "http://u:p@x/mcp"}]}, "`dsl.tools.0.mcp.url`: 'http://u:p@x/mcp': the URL may not hold credentials or a fragment"),
+        ({"tools": [{"type": "mcp", "transport": "streamable_http", "url": "http://x/mcp", "command": "y"}]}, "`dsl.tools.0.mcp`: `command`, `args` and `env` are for transport 'stdio'; 'streamable_http' takes `url`"),
+        ({"tools": [{"type": "mcp", "command": "y", "url": "http://x/mcp"}]}, "`dsl.tools.0.mcp`: `url` is for transport 'streamable_http'; 'stdio' takes `command`"),
+        ({"temperature": 1}, "`dsl.temperature`: Extra inputs are not permitted"),
+        ({"llm": {"temperature": 3}}, "`dsl.llm.temperature`: Input should be less than or equal to 2"),
+    ],
+)
+def test_definition_errors_name_the_field(dsl, message):
+    with pytest.raises(ArgumentError) as raised:
+        parse_definition(dsl)
+    assert raised.value.message.startswith(message), raised.value.message
+
+
+def canvas(agent_params: dict, extra: dict | None = None) -> dict:
+    components = {
+        "begin": {"obj": {"component_name": "Begin", "params": {"prologue": "Hello from the canvas"}}, "downstream": ["Agent:Brave"], "upstream": []},
+        "Agent:Brave": {"obj": {"component_name": "Agent", "params": agent_params}, "downstream": ["Message:Calm"], "upstream": ["begin"]},
+        "Message:Calm": {"obj": {"component_name": "Message", "params": {"content": ["{Agent:Brave@content}"]}}, "downstream": [], "upstream": ["Agent:Brave"]},
+        **(extra or {}),
+    }
+    return {"components": components, "globals": {"sys.query": ""}, "graph": {"nodes": [], "edges": []}, "history": [], "path": [], "retrieval": []}
+
+
+def test_canvas_mapped_onto_our_definition():
+    params = {
+        "llm_id": "qwen-plus@Tongyi-Qianwen", "sys_prompt": "Be brief.", "temperature": 0.3, "max_rounds": 3,
+        "tools": [{"component_name": "Retrieval", "name": "Retrieval", "params": {"kb_ids": ["kb1"], "top_n": 4, "similarity_threshold": 0.1}}],
+    }
+    assert from_ragflow_canvas(canvas(params)) == {
+        "llm": {"model_name": "qwen-plus", "temperature": 0.3},
+        "tools": [{"type": "retrieval", "dataset_ids": ["kb1"], "top_n": 4, "similarity_threshold": 0.1}],
+        "system_prompt": "Be brief.",
+        "max_iterations": 3,
+        "prologue": "Hello from the canvas",
+    }
+    definition = parse_definition(canvas(params))
+    assert isinstance(definition, AgentDefinition) and definition.tool("retrieval").top_n == 4
+
+
+def test_canvas_with_other_components_refused():
+    extra = {"Categorize:Sharp": {"obj": {"component_name": "Categorize", "params": {}}, "downstream": [], "upstream": []},
+             "Switch:Odd": {"obj": {"component_name": "Switch", "params": {}}, "downstream": [], "upstream": []}}
+    with pytest.raises(ArgumentError) as raised:
+        parse_definition(canvas({}, extra))
+    assert raised.value.message == (
+        "unsupported canvas components: Categorize:Sharp (Categorize), Switch:Odd (Switch); "
+        "only the template Begin → Agent → Message can be imported"
+    )
+
+
+def test_canvas_with_other_tools_refused():
+    params = {"tools": [{"component_name": "TavilySearch", "params": {}}, {"component_name": "Retrieval", "params": {"kb_ids": ["a"]}}], "mcp": [{"mcp_id": "m1"}]}
+    with pytest.raises(ArgumentError) as raised:
+        parse_definition(canvas(params))
+    assert raised.value.message == (
+        "unsupported agent tools in the canvas: TavilySearch, mcp (servers registered in RAGFlow); supported: Retrieval"
+    )
+
+
+# -- the offline plan ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("question", "expression"),
+    [
+        ("What is 12 * (3 + 4)?", "12 * (3 + 4)"),
+        ("How many days to return, and what is 30 * 2?", "30 * 2"),
+        ("compute 2^10 please", "2^10"),
+        ("6×7", "6*7"),
+        ("What is the return policy for 2024?", None),
+        ("Call me at 555-1234", "555-1234"),
+    ],
+)
+def test_extract_expression(question, expression):
+    assert extract_expression(question) == expression
+
+
+def test_offline_plan_order():
+    definition = parse_definition({"tools": [{"type": "current_time"}, {"type": "calculator"}, {"type": "retrieval", "dataset_ids": ["d"]}]})
+    assert offline_plan(definition, "What time is it in Europe/Paris, and what is 2+2?") == [
+        ("retrieval", {"question": "What time is it in Europe/Paris, and what is 2+2?"}),
+        ("calculator", {"expression": "2+2"}),
+        ("current_time", {"timezone": "Europe/Paris"}),
+    ]
+    assert offline_plan(parse_definition({"tools": [{"type": "calculator"}]}), "Hello there") == []
+
+
+# -- frames --------------------------------------------------------------------------
+EVENTS = [
+    Thinking(1, "m1", "s1"),
+    ToolCallStart("c1", "calculator", {"expression": "1+1"}, "m1", "s1"),
+    ToolCallEnd("c1", "calculator", "2", "completed", 3, "m1", "s1"),
+    MessageDelta("Two", "m1", "s1"),
+    MessageEnd("Two", {"total": 0, "chunks": [], "doc_aggs": []}, [{"call_id": "c1"}], "m1", "s1"),
+]
+
+
+def test_agent_framer_frames():
+    framer = AgentFramer(req_id="r1")
+    frames = [frame for event in EVENTS for frame in framer.feed(event)]
+    common = {"session_id": "s1", "id": "m1"}
+    assert frames == [
+        {"code": 0, "message": "", "event": "thinking", "data": {"step": 1, **common, "seq": 1}, "req_id": "r1"},
+        {"code": 0, "message": "", "event": "tool_call_start", "data": {"call_id": "c1", "tool_name": "calculator", "arguments": {"expression": "1+1"}, **common, "seq": 2}, "req_id": "r1"},
+        {"code": 0, "message": "", "event": "tool_call_end", "data": {"call_id": "c1", "tool_name": "calculator", "result": "2", "status": "completed", "elapsed_ms": 3, **common, "seq": 3}, "req_id": "r1"},
+        {"code": 0, "message": "", "event": "message", "data": {"content": "Two", **common, "seq": 4}, "req_id": "r1"},
+        {"code": 0, "message": "", "event": "message_end", "data": {"content": "Two", "reference": {"total": 0, "chunks": [], "doc_aggs": []}, "tool_calls": [{"call_id": "c1"}], **common, "seq": 5}, "req_id": "r1"},
+    ]
+    assert framer.end() == {"code": 0, "message": "", "data": True, "req_id": "r1"}
+
+
+def test_agent_framer_without_stream_sends_message_end_only():
+    framer = AgentFramer(stream=False)
+    frames = [frame for event in EVENTS for frame in framer.feed(event)]
+    assert [f["event"] for f in frames] == ["message_end"] and frames[0]["data"]["seq"] == 1
+
+
+def test_agent_framer_error_frame():
+    framer = AgentFramer()
+    framer.feed(EVENTS[0])
+    assert framer.fail(DataError("gone")) == {
+        "code": 102, "message": "gone", "event": "error",
+        "data": {"answer": "**ERROR**: gone", "reference": [], "id": "m1", "session_id": "s1", "seq": 2},
+    }
+
+
+def test_sse_framer_payloads():
+    framer = AgentSSEFramer(clock=lambda: 1700000000.5)
+    payloads = [p for event in EVENTS for p in framer.feed(event)]
+    assert [p["event"] for p in payloads] == ["thinking", "tool_call_start", "tool_call_end", "message", "message_end"]
+    assert payloads[3] == {"event": "message", "message_id": "m1", "session_id": "s1", "created_at": 1700000000, "data": {"content": "Two"}}
+    assert agent_sse_event(payloads[3]) == "data:" + json.dumps(payloads[3], separators=(",", ":")) + "\n\n"
+    assert agent_sse_event(framer.end()) == SSE_DONE == "data:[DONE]\n\n"
