@@ -1,4 +1,5 @@
-"""Route helpers: authentication decorators, the response envelope, validation.
+"""Route helpers: authentication decorators, the response envelope, validation, and
+the bodies shared by the list and delete routes.
 
 Envelope (RAGFlow's HTTP API reference): ``{"code": 0, "message": "", "data": …}``;
 errors carry a non-zero :class:`~common.constants.RetCode` and HTTP status 200, as
@@ -143,6 +144,48 @@ async def json_body(required: bool = True) -> dict:
 def query_args(model: type[M]) -> M:
     """Validate the query string into ``model`` (repeated keys keep the last value)."""
     return validate(model, request.args.to_dict())
+
+
+# -- shared route bodies -----------------------------------------------------------
+async def list_result(
+    list_fn: Callable[..., Any],
+    scope: tuple[str, ...],
+    query: type[ListQuery] = ListQuery,
+    filters: tuple[str, ...] = ("name", "id"),
+) -> Response:
+    """The success envelope of a list route, whose ``data`` is what the service returns.
+
+    The query string is validated into ``query``; then, in the worker pool,
+    ``list_fn(*scope, page, page_size, orderby, desc, *filter_values)`` runs, the
+    filter values being the query's fields named by ``filters``, in that order.
+
+    Raises:
+        ArgumentError: a bad query parameter (as :func:`query_args`).
+    """
+    args = query_args(query)
+    filter_values = [getattr(args, name) for name in filters]
+    return get_result(await run_blocking(list_fn, *scope, args.page, args.page_size, args.orderby, args.desc, *filter_values))
+
+
+async def request_ids() -> list[str] | None:
+    """The ``ids`` of a DELETE body (:class:`IdsBody`); ``None`` (no body, or
+    ``"ids": null``) means every item in scope.
+
+    Raises:
+        ArgumentError: malformed JSON, or a body that is not ``{"ids": [str, ...] | null}``.
+    """
+    return validate(IdsBody, await json_body(required=False)).ids
+
+
+async def delete_result(delete_fn: Callable[..., Any], *scope: str) -> Response:
+    """A delete route: ``delete_fn(*scope, ids)`` in the worker pool, ``ids`` from
+    :func:`request_ids`; answers ``{"code": 0, "message": "", "data": null}``.
+
+    Raises:
+        ArgumentError: a bad body; whatever ``delete_fn`` raises (e.g. DataError).
+    """
+    await run_blocking(delete_fn, *scope, await request_ids())
+    return get_result()
 
 
 # -- authentication ----------------------------------------------------------------

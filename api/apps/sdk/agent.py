@@ -15,26 +15,29 @@ The WebSocket route is in ``websocket.py``; formats in ``docs/agents.md``.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from pydantic import Field
 from quart import Blueprint
 
+from api.apps.sdk.conversation import (
+    SessionQuery,
+    agent_answer_factory,
+    completion_request,
+    create_session_result,
+    whole_answer,
+)
 from api.db.services import agent_service
 from api.runtime import get_runtime
 from api.streaming.agent_frames import AgentFramer, AgentSSEFramer, agent_sse_event
 from api.streaming.answer import answer_frames
-from api.streaming.protocol import CompletionRequest, parse_request_payload
 from api.utils.api_utils import (
-    IdsBody,
     ListQuery,
     StrictModel,
-    current_identity,
-    error_result,
+    delete_result,
     get_result,
     json_body,
-    query_args,
+    list_result,
     run_blocking,
     sse_response,
     token_required,
@@ -42,7 +45,6 @@ from api.utils.api_utils import (
 )
 
 manager = Blueprint("agent", __name__)
-
 
 
 class AgentCreate(StrictModel):
@@ -67,19 +69,6 @@ class AgentQuery(ListQuery):
     title: str | None = None
 
 
-class SessionFields(StrictModel):
-    """A new session: ``name`` and an optional application ``user_id``."""
-
-    name: str = Field("New session", min_length=1, max_length=255)
-    user_id: str = Field("", max_length=255)
-
-
-class SessionQuery(ListQuery):
-    """List parameters of sessions."""
-
-    user_id: str | None = None
-
-
 @manager.route("/agents", methods=["POST"])
 @token_required
 async def create(tenant_id: str):
@@ -92,11 +81,7 @@ async def create(tenant_id: str):
 @token_required
 async def list_agents(tenant_id: str):
     """One page of the tenant's agents."""
-    args = query_args(AgentQuery)
-    data = await run_blocking(
-        agent_service.list_agents, tenant_id, args.page, args.page_size, args.orderby, args.desc, args.title, args.id
-    )
-    return get_result(data)
+    return await list_result(agent_service.list_agents, (tenant_id,), AgentQuery, ("title", "id"))
 
 
 @manager.route("/agents/<agent_id>", methods=["PUT"])
@@ -119,28 +104,21 @@ async def delete(tenant_id: str, agent_id: str):
 @token_required
 async def create_session(tenant_id: str, agent_id: str):
     """Create a session, opened by the agent's prologue."""
-    body = validate(SessionFields, await json_body(required=False))
-    return get_result(await run_blocking(agent_service.create_session, tenant_id, agent_id, body.name, body.user_id))
+    return await create_session_result(agent_service.create_session, tenant_id, agent_id)
 
 
 @manager.route("/agents/<agent_id>/sessions", methods=["GET"])
 @token_required
 async def list_sessions(tenant_id: str, agent_id: str):
     """List sessions with their messages, references and tool calls."""
-    args = query_args(SessionQuery)
-    data = await run_blocking(
-        agent_service.list_sessions, tenant_id, agent_id, args.page, args.page_size, args.orderby, args.desc, args.id, args.user_id
-    )
-    return get_result(data)
+    return await list_result(agent_service.list_sessions, (tenant_id, agent_id), SessionQuery, ("id", "user_id"))
 
 
 @manager.route("/agents/<agent_id>/sessions", methods=["DELETE"])
 @token_required
 async def delete_sessions(tenant_id: str, agent_id: str):
     """Delete sessions by id (``{"ids": null}`` deletes all of the agent's)."""
-    body = validate(IdsBody, await json_body(required=False))
-    await run_blocking(agent_service.delete_sessions, tenant_id, agent_id, body.ids)
-    return get_result()
+    return await delete_result(agent_service.delete_sessions, tenant_id, agent_id)
 
 
 def _sdk_sse_event(frame: dict[str, Any]) -> str:
@@ -154,35 +132,23 @@ def _sdk_sse_event(frame: dict[str, Any]) -> str:
     return agent_sse_event(frame)
 
 
-def _factory(tenant_id: str, agent_id: str, req: CompletionRequest):
-    def factory(cancel: threading.Event):
-        return agent_service.run_agent(tenant_id, agent_id, req.question, req.session_id, cancel)
-
-    return factory
+def _envelope_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The non-streamed answer as RAGFlow shapes it, read by its SDK: our fields, and
+    the answer again under ``data`` (as in its final event)."""
+    fields = ("id", "session_id", "content", "reference", "tool_calls")
+    whole = {key: data[key] for key in fields} | {"interrupted": bool(data.get("interrupted"))}
+    whole["data"] = {"content": data["content"], "reference": data["reference"]}
+    return whole
 
 
 @manager.route("/agents/<agent_id>/completions", methods=["POST"])
 @token_required
 async def completions(tenant_id: str, agent_id: str):
     """Run the agent: SSE events (``stream: true``) or one envelope with the answer."""
-    runtime = get_runtime()
-    req = parse_request_payload(await json_body(), runtime.settings.max_question_chars)
-    runtime.limiter.check(current_identity().principal)
-    await run_blocking(agent_service.get_agent, tenant_id, agent_id)
-    if req.session_id:
-        await run_blocking(agent_service.get_session, tenant_id, agent_id, req.session_id)
-    factory = _factory(tenant_id, agent_id, req)
+    req = await completion_request(agent_service.get_agent, agent_service.get_session, tenant_id, agent_id)
+    pool, factory = get_runtime().pool, agent_answer_factory(tenant_id, agent_id, req)
     if not req.stream:
-        collected = [frame async for frame in answer_frames(runtime.pool, factory, AgentFramer(stream=False))]
-        first = collected[0]
-        if first["code"] != 0:
-            return error_result(first["code"], first["message"])
-        data = first["data"]
-        fields = ("id", "session_id", "content", "reference", "tool_calls")
-        whole = {key: data[key] for key in fields} | {"interrupted": bool(data.get("interrupted"))}
-        # RAGFlow's shape, read by its SDK: the answer under ``data`` (as in its final event)
-        whole["data"] = {"content": data["content"], "reference": data["reference"]}
-        return get_result(whole)
-    frames = answer_frames(runtime.pool, factory, AgentSSEFramer())
+        data = await whole_answer(answer_frames(pool, factory, AgentFramer(stream=False)))
+        return get_result(_envelope_data(data))
 
-    return sse_response(frames, _sdk_sse_event)
+    return sse_response(answer_frames(pool, factory, AgentSSEFramer()), _sdk_sse_event)

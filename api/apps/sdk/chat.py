@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 import time
 
 import httpx
@@ -13,12 +15,11 @@ from api.db.services import dialog_service
 from api.rag.llm import ChatModelError, get_chat_model
 from api.runtime import get_runtime
 from api.utils.api_utils import (
-    IdsBody,
-    ListQuery,
     StrictModel,
+    delete_result,
     get_result,
     json_body,
-    query_args,
+    list_result,
     run_blocking,
     token_required,
     validate,
@@ -87,6 +88,12 @@ def _fields(model: StrictModel) -> dict:
     return fields
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """(blocking: reads the CA bundle) httpx's default TLS settings, made once."""
+    return httpx.create_ssl_context()
+
+
 async def _served_models() -> frozenset[str] | None:
     """Model ids listed by the endpoint's ``GET /models`` (cached), or None when it
     cannot tell (unreachable, or no model list)."""
@@ -97,8 +104,9 @@ async def _served_models() -> frozenset[str] | None:
     settings = get_runtime().settings
     url = settings.llm_base_url.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
+    tls = await run_blocking(_tls_context)
     try:
-        async with httpx.AsyncClient(timeout=MODEL_LIST_TIMEOUT) as client:
+        async with httpx.AsyncClient(timeout=MODEL_LIST_TIMEOUT, verify=tls) as client:
             response = await client.get(url, headers=headers)
         response.raise_for_status()
         names = frozenset(str(item["id"]) for item in response.json()["data"])
@@ -113,8 +121,8 @@ async def _check_model(fields: dict) -> None:
     """Refuse a model this server cannot reach: RAGSOCKET_LLM_* not set, or a name
     the OpenAI-compatible endpoint does not list."""
     settings = get_runtime().settings
-    try:
-        get_chat_model(fields.get("llm") or {}, settings)
+    try:  # in the pool: a new OpenAI client reads the CA bundle from disk
+        await run_blocking(get_chat_model, fields.get("llm") or {}, settings)
     except ChatModelError as error:
         raise ArgumentError(str(error)) from None
     name = str((fields.get("llm") or {}).get("model_name") or "")
@@ -139,11 +147,7 @@ async def create(tenant_id: str):
 @token_required
 async def list_chats(tenant_id: str):
     """List the caller's chats (``page``, ``page_size``, ``orderby``, ``desc``, ``name``, ``id``)."""
-    args = query_args(ListQuery)
-    data = await run_blocking(
-        dialog_service.list_chats, tenant_id, args.page, args.page_size, args.orderby, args.desc, args.name, args.id
-    )
-    return get_result(data)
+    return await list_result(dialog_service.list_chats, (tenant_id,))
 
 
 @manager.route("/chats/<chat_id>", methods=["PUT"])
@@ -160,6 +164,4 @@ async def update(tenant_id: str, chat_id: str):
 @token_required
 async def delete(tenant_id: str):
     """Delete chats by id (``{"ids": null}`` deletes all) with their sessions."""
-    body = validate(IdsBody, await json_body(required=False))
-    await run_blocking(dialog_service.delete_chats, tenant_id, body.ids)
-    return get_result()
+    return await delete_result(dialog_service.delete_chats, tenant_id)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pydantic import Field
 from quart import Blueprint
 
-from api.db.services import dataset_service, document_service
+from api.apps.sdk.doc import delete_with_files
+from api.db.services import dataset_service
 from api.utils.api_utils import (
-    IdsBody,
-    ListQuery,
     StrictModel,
     get_result,
     json_body,
-    query_args,
+    list_result,
+    request_ids,
     run_blocking,
     token_required,
     validate,
@@ -69,11 +69,7 @@ async def create(tenant_id: str):
 @token_required
 async def list_datasets(tenant_id: str):
     """List the caller's datasets (``page``, ``page_size``, ``orderby``, ``desc``, ``name``, ``id``)."""
-    args = query_args(ListQuery)
-    data = await run_blocking(
-        dataset_service.list_datasets, tenant_id, args.page, args.page_size, args.orderby, args.desc, args.name, args.id
-    )
-    return get_result(data)
+    return await list_result(dataset_service.list_datasets, (tenant_id,))
 
 
 @manager.route("/datasets/<dataset_id>", methods=["PUT"])
@@ -88,8 +84,7 @@ async def update(tenant_id: str, dataset_id: str):
 @token_required
 async def delete(tenant_id: str):
     """Delete datasets by id (``{"ids": null}`` deletes all), with documents and files."""
-    body = validate(IdsBody, await json_body(required=False))
-    locations = await run_blocking(dataset_service.delete_datasets, tenant_id, body.ids)
-    await run_blocking(document_service.remove_files, locations)
-    return get_result({"success_count": len(body.ids) if body.ids is not None else None})
+    ids = await request_ids()
+    await run_blocking(delete_with_files, dataset_service.delete_datasets, tenant_id, ids)
+    return get_result({"success_count": len(ids) if ids is not None else None})
 

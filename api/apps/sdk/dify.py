@@ -32,7 +32,7 @@ from typing import Any
 
 from quart import Blueprint, websocket
 
-from api.apps.sdk.websocket import QuartTransport, serve_connection
+from api.apps.sdk.websocket import QuartTransport, owner_found, serve_connection
 from api.db.services import dataset_service, dialog_service
 from api.runtime import get_runtime
 from api.streaming.answer import chat_answer_factory
@@ -51,11 +51,9 @@ from api.streaming.protocol import (
     CompletionRequest,
     decode_json,
     dumps,
-    error_frame_for,
     peek_req_id,
 )
 from api.utils.api_utils import run_blocking, ws_authenticated
-from common.constants import CloseCode
 from common.errors import ArgumentError, AuthError, DataError
 
 manager = Blueprint("dify", __name__)
@@ -184,12 +182,8 @@ def _route(kind: DifyKind):
         settings = get_runtime().settings
         transport = DifySocket(QuartTransport(), kind, settings.max_question_chars, settings.ws_max_message_bytes)
         url_chat_id = websocket.args.get("chat_id") or None
-        if url_chat_id is not None:
-            try:
-                await run_blocking(dialog_service.get_chat, tenant_id, url_chat_id)
-            except DataError as error:  # as the native route: an error event, then 1008
-                await transport.send(dumps(error_frame_for(error)))
-                await transport.close(CloseCode.POLICY_VIOLATION, "chat not found")
+        if url_chat_id is not None:  # as the native route: an unknown chat gets an error event, then 1008
+            if not await owner_found(transport, dialog_service.get_chat, tenant_id, url_chat_id, "chat not found"):
                 return
         await _serve(tenant_id, kind, url_chat_id, transport)
 

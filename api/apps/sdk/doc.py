@@ -9,26 +9,29 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
+from typing import Any
 
 from pydantic import Field
-from quart import Blueprint, request, send_file
+from quart import Blueprint, Response, request
+from quart.datastructures import FileStorage
 
 from api.db.services import dataset_service, document_service, retrieval_service
 from api.runtime import get_runtime
 from api.utils.api_utils import (
-    IdsBody,
     ListQuery,
     StrictModel,
+    delete_result,
     get_result,
     json_body,
+    list_result,
     query_args,
     run_blocking,
     token_required,
     validate,
 )
+from api.utils.file_response import StoredFile, attachment_response, open_stored_file
 from common.errors import DataError
 
 manager = Blueprint("doc", __name__)
@@ -69,90 +72,92 @@ class RetrievalBody(StrictModel):
     page_size: int = Field(30, ge=1, le=1000)
 
 
-def _content_disposition(filename: str) -> str:
-    """``attachment`` with an ASCII ``filename`` and, for other names, RFC 6266 /
-    RFC 8187 ``filename*=UTF-8''…`` (HTTP header values are not UTF-8)."""
-    fallback = re.sub(r'[^\x20-\x7e]|["\\]', "_", filename)
-    if fallback == filename:
-        return f'attachment; filename="{filename}"'
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+def delete_with_files(delete_fn: Callable[..., list[str]], *args: Any) -> None:
+    """(blocking) ``delete_fn(*args)``, then remove the stored files whose locations it
+    returns (datasets and documents are deleted this way).
+
+    Raises:
+        whatever ``delete_fn`` raises (then no file is removed).
+    """
+    document_service.remove_files(delete_fn(*args))
 
 
-async def _uploads() -> list[document_service.Upload]:
-    files = await request.files
-    uploads = []
-    for storage in files.getlist("file"):
-        uploads.append(document_service.Upload(storage.filename or "", storage.read()))
-    return uploads
+def _store_uploads(tenant_id: str, dataset_id: str, storages: list[FileStorage], data_dir: Path) -> list[dict]:
+    """(blocking) Read each uploaded file (spooled by the form parser, in memory or on
+    disk) and store them all as new documents (:func:`document_service.upload_documents`).
+
+    Raises:
+        ArgumentError: no file, an empty or too long name, or an empty file.
+        DataError: the dataset is not the tenant's.
+    """
+    uploads = [document_service.Upload(storage.filename or "", storage.read()) for storage in storages]
+    return document_service.upload_documents(tenant_id, dataset_id, uploads, data_dir)
+
+
+def _document_file(tenant_id: str, dataset_id: str, document_id: str) -> StoredFile:
+    """(blocking) The stored file of a document, to be sent under its uploaded name.
+
+    Raises:
+        DataError: an unknown document or dataset, or a file missing on the server.
+    """
+    doc = document_service.get_document(tenant_id, dataset_id, document_id)
+    try:
+        return open_stored_file(doc.location, doc.name)
+    except FileNotFoundError:
+        raise DataError(f"The file of document {document_id} is missing on the server") from None
+
+
+async def _parser_action(action: Callable[[str, str, list[str]], Any], tenant_id: str, dataset_id: str) -> Response:
+    """``action(tenant_id, dataset_id, document_ids)`` (the parser's start or cancel) in
+    the worker pool, with the body's ids in order and without repeats."""
+    body = validate(DocumentIds, await json_body())
+    await run_blocking(action, tenant_id, dataset_id, list(dict.fromkeys(body.document_ids)))
+    return get_result()
 
 
 @manager.route("/datasets/<dataset_id>/documents", methods=["POST"])
 @token_required
 async def upload(tenant_id: str, dataset_id: str):
     """Upload one or more files (multipart field ``file``)."""
-    uploads = await _uploads()
+    files = await request.files  # the form parser answers 413 past max_upload_bytes
     data_dir = get_runtime().settings.data_dir
-    return get_result(await run_blocking(document_service.upload_documents, tenant_id, dataset_id, uploads, data_dir))
+    return get_result(await run_blocking(_store_uploads, tenant_id, dataset_id, files.getlist("file"), data_dir))
 
 
 @manager.route("/datasets/<dataset_id>/documents", methods=["GET"])
 @token_required
 async def list_documents(tenant_id: str, dataset_id: str):
     """List documents with their parsing status (``run``, ``progress``, ``progress_msg``)."""
-    args = query_args(DocumentQuery)
-    data = await run_blocking(
-        document_service.list_documents,
-        tenant_id,
-        dataset_id,
-        args.page,
-        args.page_size,
-        args.orderby,
-        args.desc,
-        args.keywords,
-        args.id,
-        args.name,
-    )
-    return get_result(data)
+    filters = ("keywords", "id", "name")
+    return await list_result(document_service.list_documents, (tenant_id, dataset_id), DocumentQuery, filters)
 
 
 @manager.route("/datasets/<dataset_id>/documents", methods=["DELETE"])
 @token_required
 async def delete(tenant_id: str, dataset_id: str):
     """Delete documents (``{"ids": null}``: all) with their chunks and files."""
-    body = validate(IdsBody, await json_body(required=False))
-    locations = await run_blocking(document_service.delete_documents, tenant_id, dataset_id, body.ids)
-    await run_blocking(document_service.remove_files, locations)
-    return get_result()
+    return await delete_result(delete_with_files, document_service.delete_documents, tenant_id, dataset_id)
 
 
 @manager.route("/datasets/<dataset_id>/documents/<document_id>", methods=["GET"])
 @token_required
 async def download(tenant_id: str, dataset_id: str, document_id: str):
     """The stored file, under its uploaded name."""
-    doc = await run_blocking(document_service.get_document, tenant_id, dataset_id, document_id)
-    if not Path(doc.location).exists():
-        raise DataError(f"The file of document {document_id} is missing on the server")
-    response = await send_file(doc.location, as_attachment=True, attachment_filename=doc.name)
-    response.headers["Content-Disposition"] = _content_disposition(doc.name)
-    return response
+    return attachment_response(await run_blocking(_document_file, tenant_id, dataset_id, document_id))
 
 
 @manager.route("/datasets/<dataset_id>/chunks", methods=["POST"])
 @token_required
 async def parse(tenant_id: str, dataset_id: str):
     """Parse documents in the background (status UNSTART → RUNNING → DONE | FAIL)."""
-    body = validate(DocumentIds, await json_body())
-    await run_blocking(get_runtime().parser.start, tenant_id, dataset_id, list(dict.fromkeys(body.document_ids)))
-    return get_result()
+    return await _parser_action(get_runtime().parser.start, tenant_id, dataset_id)
 
 
 @manager.route("/datasets/<dataset_id>/chunks", methods=["DELETE"])
 @token_required
 async def stop_parsing(tenant_id: str, dataset_id: str):
     """Stop parsing documents (status CANCEL)."""
-    body = validate(DocumentIds, await json_body())
-    await run_blocking(get_runtime().parser.cancel, tenant_id, dataset_id, list(dict.fromkeys(body.document_ids)))
-    return get_result()
+    return await _parser_action(get_runtime().parser.cancel, tenant_id, dataset_id)
 
 
 @manager.route("/datasets/<dataset_id>/documents/<document_id>/chunks", methods=["GET"])

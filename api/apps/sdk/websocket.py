@@ -15,12 +15,13 @@ Routes only authenticate, check the chat and hand the socket to
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from quart import Blueprint, websocket
 
+from api.apps.sdk.conversation import agent_answer_factory
 from api.db.services import agent_service, dialog_service
 from api.runtime import get_runtime
 from api.streaming.agent_frames import agent_framer
@@ -127,15 +128,27 @@ async def serve_connection(
         runtime.registry.release(identity.principal, connection)
 
 
+async def owner_found(
+    transport: Transport, lookup: Callable[[str, str], Any], tenant_id: str, owner_id: str, reason: str
+) -> bool:
+    """Whether ``lookup(tenant_id, owner_id)`` (run in the worker pool) finds the chat
+    or agent a connection is for. When it raises :class:`DataError` (unknown, or
+    another tenant's), the client gets that error frame and close 1008 with ``reason``.
+    """
+    try:
+        await run_blocking(lookup, tenant_id, owner_id)
+    except DataError as error:
+        await transport.send(dumps(error_frame_for(error)))
+        await transport.close(CloseCode.POLICY_VIOLATION, reason)
+        return False
+    return True
+
+
 @manager.websocket("/ws/chats/<chat_id>/completions")
 @ws_token_required
 async def chat_completions(tenant_id: str, chat_id: str) -> None:
     """Stream answers of one chat over a long-lived connection."""
-    try:
-        await run_blocking(dialog_service.get_chat, tenant_id, chat_id)
-    except DataError as error:
-        await websocket.send(dumps(error_frame_for(error)))
-        await websocket.close(CloseCode.POLICY_VIOLATION, "chat not found")
+    if not await owner_found(QuartTransport(), dialog_service.get_chat, tenant_id, chat_id, "chat not found"):
         return
 
     async def answerer(request: CompletionRequest) -> Factory:
@@ -148,21 +161,13 @@ async def chat_completions(tenant_id: str, chat_id: str) -> None:
 @ws_token_required
 async def agent_completions(tenant_id: str, agent_id: str) -> None:
     """Stream agent runs (tool events, then the answer) over a long-lived connection."""
-    try:
-        await run_blocking(agent_service.get_agent, tenant_id, agent_id)
-    except DataError as error:
-        await websocket.send(dumps(error_frame_for(error)))
-        await websocket.close(CloseCode.POLICY_VIOLATION, "agent not found")
+    if not await owner_found(QuartTransport(), agent_service.get_agent, tenant_id, agent_id, "agent not found"):
         return
 
     async def answerer(request: CompletionRequest) -> Factory:
         if request.session_id:
             await run_blocking(agent_service.get_session, tenant_id, agent_id, request.session_id)
-
-        def factory(cancel: threading.Event):
-            return agent_service.run_agent(tenant_id, agent_id, request.question, request.session_id, cancel)
-
-        return factory
+        return agent_answer_factory(tenant_id, agent_id, request)
 
     await serve_connection(answerer, make_framer=agent_framer)
 
