@@ -45,6 +45,7 @@ from api.streaming.protocol import (
     StreamState,
     describe_error,
     end_frame,
+    optional_str,
     tagged,
 )
 from common.constants import RetCode
@@ -150,15 +151,6 @@ class DifyRequest:
         return native
 
 
-def _optional_str(payload: dict, name: str, limit: int) -> str | None:
-    value = payload.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or len(value) > limit:
-        raise ArgumentError(f"`{name}` must be a string of at most {limit} characters")
-    return value
-
-
 def parse_dify_request(payload: Any, kind: DifyKind, max_question_chars: int) -> DifyRequest:
     """Validate a decoded Dify request.
 
@@ -193,16 +185,16 @@ def parse_dify_request(payload: Any, kind: DifyKind, max_question_chars: int) ->
     files = payload.get("files")
     if files not in (None, []):
         raise ArgumentError("`files` are not supported: send text only")
-    conversation_id = _optional_str(payload, "conversation_id", MAX_ID_CHARS)
+    conversation_id = optional_str(payload, "conversation_id", MAX_ID_CHARS)
     return DifyRequest(
         query=query.strip(),
         kind=kind,
         inputs=inputs,
         conversation_id=conversation_id if kind is DifyKind.CHAT else None,
-        user=_optional_str(payload, "user", MAX_USER_CHARS),
+        user=optional_str(payload, "user", MAX_USER_CHARS),
         streaming=mode == ResponseMode.STREAMING.value,
-        chat_id=_optional_str(payload, "chat_id", MAX_ID_CHARS),
-        req_id=_optional_str(payload, "req_id", MAX_REQ_ID_CHARS),
+        chat_id=optional_str(payload, "chat_id", MAX_ID_CHARS),
+        req_id=optional_str(payload, "req_id", MAX_REQ_ID_CHARS),
     )
 
 

@@ -111,7 +111,14 @@ def sse_event(frame: Any) -> str:
     return f"data:{dumps(frame)}\n\n"
 
 
-def _optional_str(payload: dict, name: str, limit: int = 64) -> str | None:
+def optional_str(payload: dict, name: str, limit: int = 64) -> str | None:
+    """``payload[name]`` when it is a non-empty string of at most ``limit`` characters.
+
+    Returns None when the field is absent, null or empty.
+
+    Raises:
+        ArgumentError: the field is not a string, or longer than ``limit``.
+    """
     value = payload.get(name)
     if value is None or value == "":
         return None
@@ -121,7 +128,7 @@ def _optional_str(payload: dict, name: str, limit: int = 64) -> str | None:
 
 
 def _required_str(payload: dict, name: str) -> str:
-    value = _optional_str(payload, name)
+    value = optional_str(payload, name)
     if value is None:
         raise ArgumentError(f"`{name}` is required")
     return value
@@ -167,14 +174,14 @@ def parse_request_payload(payload: Any, max_question_chars: int) -> CompletionRe
         raise ArgumentError(f"`question` is too long: {len(question)} characters, at most {max_question_chars}")
     return CompletionRequest(
         question=question.strip(),
-        session_id=_optional_str(payload, "session_id"),
+        session_id=optional_str(payload, "session_id"),
         stream=_bool(payload, "stream", True),
         legacy=_bool(payload, "legacy", False),
         kb_ids=_id_list(payload, "kb_ids"),
         doc_ids=_id_list(payload, "doc_ids"),
-        req_id=_optional_str(payload, "req_id", MAX_REQ_ID_CHARS),
+        req_id=optional_str(payload, "req_id", MAX_REQ_ID_CHARS),
         resumable=_bool(payload, "resumable", False),
-        chat_id=_optional_str(payload, "chat_id"),
+        chat_id=optional_str(payload, "chat_id"),
     )
 
 
@@ -186,7 +193,7 @@ def _parse_resume(payload: dict) -> ResumeRequest:
         session_id=_required_str(payload, "session_id"),
         message_id=_required_str(payload, "message_id"),
         last_seq=last_seq,
-        req_id=_optional_str(payload, "req_id", MAX_REQ_ID_CHARS),
+        req_id=optional_str(payload, "req_id", MAX_REQ_ID_CHARS),
     )
 
 
@@ -224,9 +231,9 @@ def parse_client_message(payload: Any, max_question_chars: int) -> ClientMessage
     if kind in (MessageType.QUESTION.value, MessageType.CHAT.value):
         return parse_request_payload(payload, max_question_chars)
     if kind == MessageType.STOP.value:
-        return StopRequest(_optional_str(payload, "req_id", MAX_REQ_ID_CHARS))
+        return StopRequest(optional_str(payload, "req_id", MAX_REQ_ID_CHARS))
     if kind == MessageType.PING.value:
-        return PingRequest(_optional_str(payload, "req_id", MAX_REQ_ID_CHARS))
+        return PingRequest(optional_str(payload, "req_id", MAX_REQ_ID_CHARS))
     if kind == MessageType.RESUME.value:
         return _parse_resume(payload)
     known = ", ".join(t.value for t in MessageType)
