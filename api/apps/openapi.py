@@ -11,7 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from quart import Blueprint, Response
+
+from api.utils.api_utils import run_blocking
 
 manager = Blueprint("openapi", __name__)
 
@@ -24,12 +27,8 @@ def openapi_document() -> str:
     """The document as compact JSON text (read and converted once).
 
     Raises:
-        RuntimeError: PyYAML is not installed or the file is missing.
+        OSError: the file is missing or unreadable.
     """
-    try:
-        import yaml
-    except ImportError as error:  # pragma: no cover - a deployment without PyYAML
-        raise RuntimeError("serving the OpenAPI document needs PyYAML (pip install pyyaml)") from error
     document: Any = yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
@@ -37,4 +36,8 @@ def openapi_document() -> str:
 @manager.route("/openapi.json", methods=["GET"])
 async def openapi_json() -> Response:
     """The OpenAPI document of ``/api/v1``."""
-    return Response(openapi_document(), mimetype="application/json", headers={"Cache-Control": "public, max-age=300"})
+    return Response(
+        await run_blocking(openapi_document),
+        mimetype="application/json",
+        headers={"Cache-Control": "public, max-age=300"},
+    )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from quart import Blueprint, Response
 
-from api.utils.api_utils import error_result
+from api.utils.api_utils import error_result, run_blocking
 from common.constants import RetCode
 
 manager = Blueprint("web", __name__)
@@ -63,6 +63,12 @@ def content_security_policy(html: str) -> str:
     )
 
 
+def _read_page() -> tuple[Path | None, str]:
+    """The page's path and text, or ``(None, "")`` when it is found nowhere (blocking)."""
+    path = find_page()
+    return (path, path.read_text(encoding="utf-8")) if path else (None, "")
+
+
 @manager.route("/demo", methods=["GET"])
 async def demo_redirect() -> Response:
     """``/demo`` → ``/demo/`` (relative, so it also works behind a path prefix)."""
@@ -72,7 +78,7 @@ async def demo_redirect() -> Response:
 @manager.route("/demo/", methods=["GET"])
 async def demo_page():
     """The demo page, or 404 with the paths searched when the file is missing."""
-    path = find_page()
+    path, html = await run_blocking(_read_page)
     if path is None:
         searched = ", ".join(str(c) for c in PAGE_CANDIDATES)
         return error_result(
@@ -81,7 +87,6 @@ async def demo_page():
             "run the service from a checkout of the repository",
             status=404,
         )
-    html = path.read_text(encoding="utf-8")
     return Response(
         html,
         content_type="text/html; charset=utf-8",
