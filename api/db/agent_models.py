@@ -5,43 +5,36 @@ their tables are created at start-up with the others.
 
 from __future__ import annotations
 
-import time
-
-from peewee import BigIntegerField, BooleanField, CharField, TextField
+from peewee import CharField, TextField
 
 from api.db.db_models import (
-    BaseModel,
     JSONField,
-    LongTextField,
-    get_uuid,
+    MessageModel,
+    SessionModel,
+    TenantModel,
+    ref_field,
     register_models,
 )
 
 
-class Agent(BaseModel):
+class Agent(TenantModel):
     """An agent: ``dsl`` is the validated agent definition (``api.agent.dsl``)."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    tenant_id = CharField(max_length=32, index=True)
     title = CharField(max_length=255)
     description = TextField(default="")
     dsl = JSONField(default=dict)
 
 
-class AgentSession(BaseModel):
+class AgentSession(SessionModel):
     """A conversation with an agent."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    agent_id = CharField(max_length=32, index=True)
-    tenant_id = CharField(max_length=32, index=True)
-    name = CharField(max_length=255, default="New session")
-    user_id = CharField(max_length=255, default="")
+    agent_id = ref_field()
 
     class Meta:
         table_name = "agent_session"
 
 
-class AgentMessage(BaseModel):
+class AgentMessage(MessageModel):
     """One message of an agent session.
 
     Assistant messages keep their ``reference`` and ``tool_calls``: a list of
@@ -49,14 +42,8 @@ class AgentMessage(BaseModel):
     order; ``interrupted`` marks an answer stopped before its end.
     """
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    session_id = CharField(max_length=32, index=True)
-    role = CharField(max_length=16)
-    content = LongTextField(default="")
-    reference = JSONField(null=True)
+    session_id = ref_field()
     tool_calls = JSONField(null=True)
-    interrupted = BooleanField(default=False)
-    position = BigIntegerField(default=time.time_ns, index=True)
 
     class Meta:
         table_name = "agent_message"

@@ -62,9 +62,16 @@ class JSONField(LongTextField):
         return None if value is None else json.loads(value)
 
 
-class BaseModel(Model):
-    """Common columns: ``create_time`` and ``update_time`` in Unix ms."""
+def ref_field() -> CharField:
+    """A column holding the id of another row (its owner or parent), indexed."""
+    return CharField(max_length=32, index=True)
 
+
+class BaseModel(Model):
+    """Common columns: ``id`` (:func:`get_uuid`), ``create_time`` and ``update_time``
+    in Unix ms."""
+
+    id = CharField(max_length=32, primary_key=True, default=get_uuid)
     create_time = BigIntegerField(default=now_ms, index=True)
     update_time = BigIntegerField(default=now_ms)
 
@@ -76,18 +83,40 @@ class BaseModel(Model):
         return super().save(*args, **kwargs)
 
 
+class TenantModel(BaseModel):
+    """A row owned by a tenant (``tenant_id``); abstract, it has no table."""
+
+    tenant_id = ref_field()
+
+
+class SessionModel(TenantModel):
+    """A conversation with one user; abstract (subclasses add their parent's id)."""
+
+    name = CharField(max_length=255, default="New session")
+    user_id = CharField(max_length=255, default="")
+
+
+class MessageModel(BaseModel):
+    """One message of a session, kept in ``position`` order; abstract (subclasses
+    add their session's id). Assistant messages keep their ``reference``;
+    ``interrupted`` marks an answer stopped before its end."""
+
+    role = CharField(max_length=16)
+    content = LongTextField(default="")
+    reference = JSONField(null=True)
+    interrupted = BooleanField(default=False)
+    position = BigIntegerField(default=time.time_ns, index=True)
+
+
 class Tenant(BaseModel):
     """An account owning datasets, chats and API keys."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
     name = CharField(max_length=128)
 
 
-class APIToken(BaseModel):
+class APIToken(TenantModel):
     """An API key, stored as its SHA-256 digest; ``prefix`` is shown in listings."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    tenant_id = CharField(max_length=32, index=True)
     token_hash = CharField(max_length=64, unique=True)
     prefix = CharField(max_length=32)
     name = CharField(max_length=128, default="")
@@ -98,11 +127,9 @@ class APIToken(BaseModel):
         table_name = "api_token"
 
 
-class Knowledgebase(BaseModel):
+class Knowledgebase(TenantModel):
     """A dataset: a set of documents searched together."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    tenant_id = CharField(max_length=32, index=True)
     name = CharField(max_length=128)
     description = TextField(default="")
     language = CharField(max_length=32, default="English")
@@ -111,12 +138,10 @@ class Knowledgebase(BaseModel):
     permission = CharField(max_length=16, default="me")
 
 
-class Document(BaseModel):
+class Document(TenantModel):
     """An uploaded file of a dataset and the state of its parsing."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    kb_id = CharField(max_length=32, index=True)
-    tenant_id = CharField(max_length=32, index=True)
+    kb_id = ref_field()
     name = CharField(max_length=255)
     suffix = CharField(max_length=16)
     size = BigIntegerField(default=0)
@@ -133,20 +158,17 @@ class Document(BaseModel):
 class Chunk(BaseModel):
     """A passage of a parsed document; ``tokens`` is its space-joined token list."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    doc_id = CharField(max_length=32, index=True)
-    kb_id = CharField(max_length=32, index=True)
+    doc_id = ref_field()
+    kb_id = ref_field()
     position = IntegerField(default=0)
     content = LongTextField()
     tokens = LongTextField()
     token_num = IntegerField(default=0)
 
 
-class Dialog(BaseModel):
+class Dialog(TenantModel):
     """A chat assistant: datasets to search, model settings, prompt settings."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    tenant_id = CharField(max_length=32, index=True)
     name = CharField(max_length=255)
     description = TextField(default="")
     kb_ids = JSONField(default=list)
@@ -154,26 +176,16 @@ class Dialog(BaseModel):
     prompt_config = JSONField(default=dict)
 
 
-class Conversation(BaseModel):
+class Conversation(SessionModel):
     """A session of a chat: the conversation with one user."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    dialog_id = CharField(max_length=32, index=True)
-    tenant_id = CharField(max_length=32, index=True)
-    name = CharField(max_length=255, default="New session")
-    user_id = CharField(max_length=255, default="")
+    dialog_id = ref_field()
 
 
-class Message(BaseModel):
-    """One message of a session; assistant messages keep their references."""
+class Message(MessageModel):
+    """One message of a chat's session; assistant messages keep their references."""
 
-    id = CharField(max_length=32, primary_key=True, default=get_uuid)
-    conversation_id = CharField(max_length=32, index=True)
-    role = CharField(max_length=16)
-    content = LongTextField(default="")
-    reference = JSONField(null=True)
-    interrupted = BooleanField(default=False)
-    position = BigIntegerField(default=time.time_ns, index=True)
+    conversation_id = ref_field()
 
 
 ALL_MODELS: tuple[type[BaseModel], ...] = (

@@ -36,15 +36,16 @@ import openai
 from api.agent.dsl import AgentDefinition, parse_definition
 from api.agent.tools import MODEL_RESULT_CHARS, ToolConfig, ToolResult, Toolset
 from api.db.agent_models import Agent, AgentMessage, AgentSession
-from api.db.db_models import DB, db_session, get_uuid, now_ms
+from api.db.db_models import DB, db_session, get_uuid
+from api.db.services.common_service import check_unique, get_or_raise, owned_page
 from api.db.services.dataset_service import check_datasets
 from api.db.services.retrieval_service import retrieve
+from api.db.services.session_store import SessionStore
 from api.rag.llm import ChatModelError, ChatRequest
 from api.rag.llm.offline import compose_answer, split_deltas
 from api.rag.llm.openai_chat import CLIENT_ERRORS, MID_ANSWER, describe_error
 from api.runtime import get_runtime
-from common.constants import OFFLINE_MODEL_NAME, MessageRole
-from common.errors import DataError
+from common.constants import OFFLINE_MODEL_NAME
 
 #: Longest tool result in events and saved tool calls, characters (the model gets up
 #: to ``api.agent.tools.MODEL_RESULT_CHARS``).
@@ -126,20 +127,21 @@ def agent_to_dict(agent: Agent) -> dict:
     }
 
 
-def _validated_dsl(tenant_id: str, dsl: Any) -> dict:
-    definition = parse_definition(dsl)
+def _check_tool_datasets(tenant_id: str, definition: AgentDefinition) -> None:
+    """Raise DataError unless every dataset of the retrieval tools is the tenant's."""
     for tool in definition.tools:
         if tool.type == "retrieval":
             check_datasets(tenant_id, list(dict.fromkeys(tool.dataset_ids)))
+
+
+def _validated_dsl(tenant_id: str, dsl: Any) -> dict:
+    definition = parse_definition(dsl)
+    _check_tool_datasets(tenant_id, definition)
     return definition.model_dump(mode="json")
 
 
 def _check_title(tenant_id: str, title: str, exclude_id: str | None = None) -> None:
-    query = Agent.select().where((Agent.tenant_id == tenant_id) & (Agent.title == title))
-    if exclude_id:
-        query = query.where(Agent.id != exclude_id)
-    if query.exists():
-        raise DataError(f"Agent with title {title} already exists.")
+    check_unique(Agent, f"Agent with title {title} already exists.", exclude_id, tenant_id=tenant_id, title=title)
 
 
 @db_session()
@@ -149,10 +151,7 @@ def get_agent(tenant_id: str, agent_id: str) -> Agent:
     Raises:
         DataError: no such agent for this tenant (another tenant's agent included).
     """
-    agent = Agent.get_or_none((Agent.id == agent_id) & (Agent.tenant_id == tenant_id))
-    if agent is None:
-        raise DataError(f"You don't own the agent {agent_id}")
-    return agent
+    return get_or_raise(Agent, f"You don't own the agent {agent_id}", id=agent_id, tenant_id=tenant_id)
 
 
 @db_session()
@@ -186,76 +185,52 @@ def update_agent(tenant_id: str, agent_id: str, fields: dict) -> dict:
 def list_agents(
     tenant_id: str, page: int, page_size: int, orderby: str, desc: bool, title: str | None, agent_id: str | None
 ) -> list[dict]:
-    """One page of the tenant's agents."""
-    query = Agent.select().where(Agent.tenant_id == tenant_id)
-    if title:
-        query = query.where(Agent.title == title)
-    if agent_id:
-        query = query.where(Agent.id == agent_id)
-    column = getattr(Agent, orderby)
-    return [agent_to_dict(a) for a in query.order_by(column.desc() if desc else column.asc()).paginate(page, page_size)]
+    """One page of the tenant's agents, optionally filtered by exact title or id."""
+    agents = owned_page(Agent, Agent.tenant_id == tenant_id, page, page_size, orderby, desc, title=title, id=agent_id)
+    return [agent_to_dict(agent) for agent in agents]
 
 
 @db_session()
 def delete_agent(tenant_id: str, agent_id: str) -> None:
     """Delete an agent with its sessions and messages."""
     agent = get_agent(tenant_id, agent_id)
-    session_ids = [s.id for s in AgentSession.select(AgentSession.id).where(AgentSession.agent_id == agent.id)]
+    session_ids = SESSIONS.session_ids_of(agent.id)
     with DB.atomic():
-        if session_ids:
-            AgentMessage.delete().where(AgentMessage.session_id.in_(session_ids)).execute()
-            AgentSession.delete().where(AgentSession.id.in_(session_ids)).execute()
+        SESSIONS.purge(session_ids)
         agent.delete_instance()
 
 
 # -- sessions ----------------------------------------------------------------------
-def message_to_dict(message: AgentMessage) -> dict:
-    """A stored message; assistant messages with references, tool calls and ``interrupted``."""
-    item = {"id": message.id, "role": message.role, "content": message.content}
-    if message.role == MessageRole.ASSISTANT.value:
-        item["reference"] = message.reference or {}
-        item["tool_calls"] = message.tool_calls or []
-        item["interrupted"] = message.interrupted
-    return item
+def _prologue(agent: Agent) -> str | None:
+    return (agent.dsl or {}).get("prologue")
 
 
-def session_to_dict(session: AgentSession, messages: list[AgentMessage]) -> dict:
-    """An agent session with its messages."""
-    return {
-        "id": session.id,
-        "agent_id": session.agent_id,
-        "name": session.name,
-        "user_id": session.user_id,
-        "messages": [message_to_dict(m) for m in messages],
-        "create_time": session.create_time,
-        "update_time": session.update_time,
-    }
-
-
-def _messages(session_ids: list[str]) -> dict[str, list[AgentMessage]]:
-    grouped: dict[str, list[AgentMessage]] = {sid: [] for sid in session_ids}
-    if session_ids:
-        query = AgentMessage.select().where(AgentMessage.session_id.in_(session_ids)).order_by(AgentMessage.position)
-        for message in query:
-            grouped[message.session_id].append(message)
-    return grouped
-
-
-def _create_session(agent: Agent, name: str, user_id: str) -> AgentSession:
-    with DB.atomic():
-        session = AgentSession.create(agent_id=agent.id, tenant_id=agent.tenant_id, name=name[:255], user_id=user_id)
-        prologue = (agent.dsl or {}).get("prologue")
-        if prologue:
-            AgentMessage.create(session_id=session.id, role=MessageRole.ASSISTANT.value, content=prologue)
-    return session
+#: An agent's sessions (``agent_session``) and messages (``agent_message``).
+SESSIONS = SessionStore(
+    sessions=AgentSession,
+    messages=AgentMessage,
+    parent_column="agent_id",
+    session_column="session_id",
+    parent_key="agent_id",
+    parent_noun="agent",
+    get_parent=get_agent,
+    prologue=_prologue,
+    assistant_lists=("tool_calls",),
+)
+#: A stored message; assistant messages with references, tool calls and ``interrupted``.
+message_to_dict = SESSIONS.message_to_dict
+#: An agent session with its messages.
+session_to_dict = SESSIONS.session_to_dict
 
 
 @db_session()
 def create_session(tenant_id: str, agent_id: str, name: str = "New session", user_id: str = "") -> dict:
-    """Create a session of the tenant's agent, opened by the agent's prologue."""
-    agent = get_agent(tenant_id, agent_id)
-    session = _create_session(agent, name, user_id)
-    return session_to_dict(session, _messages([session.id])[session.id])
+    """Create a session of the tenant's agent, opened by the agent's prologue.
+
+    Raises:
+        DataError: unknown agent.
+    """
+    return SESSIONS.create_session(tenant_id, agent_id, name, user_id)
 
 
 @db_session()
@@ -265,11 +240,7 @@ def get_session(tenant_id: str, agent_id: str, session_id: str) -> AgentSession:
     Raises:
         DataError: unknown agent or session.
     """
-    get_agent(tenant_id, agent_id)
-    session = AgentSession.get_or_none((AgentSession.id == session_id) & (AgentSession.agent_id == agent_id))
-    if session is None:
-        raise DataError(f"The agent doesn't own the session {session_id}")
-    return session
+    return SESSIONS.get_session(tenant_id, agent_id, session_id)
 
 
 @db_session()
@@ -277,32 +248,22 @@ def list_sessions(
     tenant_id: str, agent_id: str, page: int, page_size: int, orderby: str, desc: bool,
     session_id: str | None = None, user_id: str | None = None,
 ) -> list[dict]:
-    """One page of an agent's sessions with their messages."""
-    get_agent(tenant_id, agent_id)
-    query = AgentSession.select().where(AgentSession.agent_id == agent_id)
-    if session_id:
-        query = query.where(AgentSession.id == session_id)
-    if user_id:
-        query = query.where(AgentSession.user_id == user_id)
-    column = getattr(AgentSession, orderby)
-    sessions = list(query.order_by(column.desc() if desc else column.asc()).paginate(page, page_size))
-    grouped = _messages([s.id for s in sessions])
-    return [session_to_dict(s, grouped[s.id]) for s in sessions]
+    """One page of an agent's sessions with their messages (filters: exact values).
+
+    Raises:
+        DataError: unknown agent.
+    """
+    return SESSIONS.list_sessions(tenant_id, agent_id, page, page_size, orderby, desc, id=session_id, user_id=user_id)
 
 
 @db_session()
 def delete_sessions(tenant_id: str, agent_id: str, session_ids: list[str] | None) -> int:
-    """Delete sessions (all of the agent's when ``None``) and their messages."""
-    get_agent(tenant_id, agent_id)
-    if session_ids is None:
-        ids = [s.id for s in AgentSession.select(AgentSession.id).where(AgentSession.agent_id == agent_id)]
-    else:
-        ids = [get_session(tenant_id, agent_id, sid).id for sid in session_ids]
-    if ids:
-        with DB.atomic():
-            AgentMessage.delete().where(AgentMessage.session_id.in_(ids)).execute()
-            AgentSession.delete().where(AgentSession.id.in_(ids)).execute()
-    return len(ids)
+    """Delete sessions (all of the agent's when ``None``) and their messages.
+
+    Raises:
+        DataError: unknown agent or session.
+    """
+    return SESSIONS.delete_sessions(tenant_id, agent_id, session_ids)
 
 
 # -- the offline plan (pure) -------------------------------------------------------
@@ -370,40 +331,19 @@ class _Turn:
     message_id: str = field(default_factory=get_uuid)
 
 
-def _history(session_id: str) -> list[dict]:
-    messages = list(
-        AgentMessage.select().where(AgentMessage.session_id == session_id)
-        .order_by(AgentMessage.position.desc()).limit(HISTORY_MESSAGES)
-    )[::-1]
-    while messages and messages[0].role != MessageRole.USER.value:
-        messages.pop(0)
-    return [{"role": m.role, "content": m.content} for m in messages if m.content]
-
-
 @db_session()
 def _begin_turn(tenant_id: str, agent_id: str, question: str, session_id: str | None) -> _Turn:
     """Load the agent and session (creating it), read history, save the question."""
     agent = get_agent(tenant_id, agent_id)
     definition = AgentDefinition.model_validate(agent.dsl)
-    for tool in definition.tools:
-        if tool.type == "retrieval":
-            check_datasets(tenant_id, list(dict.fromkeys(tool.dataset_ids)))
-    if session_id:
-        session = get_session(tenant_id, agent_id, session_id)
-    else:
-        session = _create_session(agent, question[:255] or "New session", "")
-    history = _history(session.id)
-    AgentMessage.create(session_id=session.id, role=MessageRole.USER.value, content=question)
-    return _Turn(agent.id, definition, session.id, question, history)
+    _check_tool_datasets(tenant_id, definition)
+    session_id, history = SESSIONS.begin_turn(tenant_id, agent, question, session_id, HISTORY_MESSAGES)
+    return _Turn(agent.id, definition, session_id, question, history)
 
 
 @db_session()
 def _save_answer(turn: _Turn, answer: str, reference: dict, tool_calls: list[dict], interrupted: bool) -> None:
-    AgentMessage.create(
-        id=turn.message_id, session_id=turn.session_id, role=MessageRole.ASSISTANT.value, content=answer,
-        reference=reference, tool_calls=tool_calls, interrupted=interrupted,
-    )
-    AgentSession.update(update_time=now_ms()).where(AgentSession.id == turn.session_id).execute()
+    SESSIONS.save_answer(turn.session_id, turn.message_id, answer, reference, interrupted, tool_calls=tool_calls)
 
 
 @lru_cache(maxsize=16)

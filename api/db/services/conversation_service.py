@@ -18,22 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.db.db_models import (
-    DB,
-    Conversation,
-    Dialog,
-    Message,
-    db_session,
-    get_uuid,
-    now_ms,
-)
+from api.db.db_models import Conversation, Dialog, Message, db_session, get_uuid
 from api.db.services.dialog_service import get_chat
 from api.db.services.retrieval_service import retrieve
+from api.db.services.session_store import SessionStore
 from api.rag.llm import ChatRequest, get_chat_model
 from api.rag.prompt import build_messages
 from api.runtime import get_runtime
-from common.constants import MessageRole
-from common.errors import ArgumentError, DataError
+from common.errors import ArgumentError
 
 #: Earlier messages of a session put in the prompt (most recent ones).
 HISTORY_MESSAGES = 20
@@ -78,54 +70,35 @@ class _Turn:
 
 
 # -- sessions ----------------------------------------------------------------------
-def message_to_dict(message: Message) -> dict:
-    """A stored message as listed in a session."""
-    item = {"id": message.id, "role": message.role, "content": message.content}
-    if message.role == MessageRole.ASSISTANT.value:
-        item["reference"] = message.reference or {}
-        item["interrupted"] = message.interrupted
-    return item
+def _prologue(dialog: Dialog) -> str | None:
+    return dialog.prompt_config.get("prologue")
 
 
-def session_to_dict(conversation: Conversation, messages: list[Message]) -> dict:
-    """RAGFlow's session object, messages with their references."""
-    return {
-        "id": conversation.id,
-        "chat_id": conversation.dialog_id,
-        "name": conversation.name,
-        "user_id": conversation.user_id,
-        "messages": [message_to_dict(m) for m in messages],
-        "create_time": conversation.create_time,
-        "update_time": conversation.update_time,
-    }
-
-
-def _messages(session_ids: list[str]) -> dict[str, list[Message]]:
-    grouped: dict[str, list[Message]] = {sid: [] for sid in session_ids}
-    if session_ids:
-        query = Message.select().where(Message.conversation_id.in_(session_ids)).order_by(Message.position)
-        for message in query:
-            grouped[message.conversation_id].append(message)
-    return grouped
-
-
-def _create_session(dialog: Dialog, name: str, user_id: str) -> Conversation:
-    with DB.atomic():
-        conversation = Conversation.create(
-            dialog_id=dialog.id, tenant_id=dialog.tenant_id, name=name[:255], user_id=user_id
-        )
-        prologue = dialog.prompt_config.get("prologue")
-        if prologue:
-            Message.create(conversation_id=conversation.id, role=MessageRole.ASSISTANT.value, content=prologue)
-    return conversation
+#: A chat's sessions (``conversation``) and messages (``message``).
+SESSIONS = SessionStore(
+    sessions=Conversation,
+    messages=Message,
+    parent_column="dialog_id",
+    session_column="conversation_id",
+    parent_key="chat_id",
+    parent_noun="chat",
+    get_parent=get_chat,
+    prologue=_prologue,
+)
+#: A stored message as listed in a session (:meth:`SessionStore.message_to_dict`).
+message_to_dict = SESSIONS.message_to_dict
+#: RAGFlow's session object, messages with their references.
+session_to_dict = SESSIONS.session_to_dict
 
 
 @db_session()
 def create_session(tenant_id: str, chat_id: str, name: str = "New session", user_id: str = "") -> dict:
-    """Create a session of the tenant's chat, opened by the chat's prologue."""
-    dialog = get_chat(tenant_id, chat_id)
-    conversation = _create_session(dialog, name, user_id)
-    return session_to_dict(conversation, _messages([conversation.id])[conversation.id])
+    """Create a session of the tenant's chat, opened by the chat's prologue.
+
+    Raises:
+        DataError: unknown chat.
+    """
+    return SESSIONS.create_session(tenant_id, chat_id, name, user_id)
 
 
 @db_session()
@@ -135,11 +108,7 @@ def get_session(tenant_id: str, chat_id: str, session_id: str) -> Conversation:
     Raises:
         DataError: unknown chat or session.
     """
-    get_chat(tenant_id, chat_id)
-    conversation = Conversation.get_or_none((Conversation.id == session_id) & (Conversation.dialog_id == chat_id))
-    if conversation is None:
-        raise DataError(f"The chat doesn't own the session {session_id}")
-    return conversation
+    return SESSIONS.get_session(tenant_id, chat_id, session_id)
 
 
 @db_session()
@@ -154,58 +123,37 @@ def list_sessions(
     session_id: str | None = None,
     user_id: str | None = None,
 ) -> list[dict]:
-    """One page of a chat's sessions with their messages."""
-    get_chat(tenant_id, chat_id)
-    query = Conversation.select().where(Conversation.dialog_id == chat_id)
-    if name:
-        query = query.where(Conversation.name == name)
-    if session_id:
-        query = query.where(Conversation.id == session_id)
-    if user_id:
-        query = query.where(Conversation.user_id == user_id)
-    column = getattr(Conversation, orderby)
-    conversations = list(query.order_by(column.desc() if desc else column.asc()).paginate(page, page_size))
-    grouped = _messages([c.id for c in conversations])
-    return [session_to_dict(c, grouped[c.id]) for c in conversations]
+    """One page of a chat's sessions with their messages (filters: exact values).
+
+    Raises:
+        DataError: unknown chat.
+    """
+    return SESSIONS.list_sessions(
+        tenant_id, chat_id, page, page_size, orderby, desc, name=name, id=session_id, user_id=user_id
+    )
 
 
 @db_session()
 def rename_session(tenant_id: str, chat_id: str, session_id: str, name: str) -> dict:
-    """Rename a session."""
-    conversation = get_session(tenant_id, chat_id, session_id)
-    conversation.name = name[:255]
-    conversation.save()
-    return session_to_dict(conversation, _messages([conversation.id])[conversation.id])
+    """Rename a session.
+
+    Raises:
+        DataError: unknown chat or session.
+    """
+    return SESSIONS.rename_session(tenant_id, chat_id, session_id, name)
 
 
 @db_session()
 def delete_sessions(tenant_id: str, chat_id: str, session_ids: list[str] | None) -> int:
-    """Delete sessions (all of the chat's when ``None``) and their messages."""
-    get_chat(tenant_id, chat_id)
-    if session_ids is None:
-        ids = [c.id for c in Conversation.select(Conversation.id).where(Conversation.dialog_id == chat_id)]
-    else:
-        ids = [get_session(tenant_id, chat_id, sid).id for sid in session_ids]
-    if ids:
-        with DB.atomic():
-            Message.delete().where(Message.conversation_id.in_(ids)).execute()
-            Conversation.delete().where(Conversation.id.in_(ids)).execute()
-    return len(ids)
+    """Delete sessions (all of the chat's when ``None``) and their messages.
+
+    Raises:
+        DataError: unknown chat or session.
+    """
+    return SESSIONS.delete_sessions(tenant_id, chat_id, session_ids)
 
 
 # -- completion --------------------------------------------------------------------
-def _history(session_id: str) -> list[dict]:
-    messages = list(
-        Message.select()
-        .where(Message.conversation_id == session_id)
-        .order_by(Message.position.desc())
-        .limit(HISTORY_MESSAGES)
-    )[::-1]
-    while messages and messages[0].role != MessageRole.USER.value:
-        messages.pop(0)  # the prologue, or a cut in the middle of a turn
-    return [{"role": m.role, "content": m.content} for m in messages if m.content]
-
-
 def _scope(dialog: Dialog, kb_ids: list[str] | None) -> list[str]:
     if not kb_ids:
         return list(dialog.kb_ids)
@@ -229,30 +177,13 @@ def _begin_turn(
     messages), read history, save the question."""
     dialog = get_chat(tenant_id, chat_id)
     dataset_ids = _scope(dialog, kb_ids)
-    if session_id:
-        conversation = get_session(tenant_id, chat_id, session_id)
-    else:
-        conversation = _create_session(dialog, question[:255] or "New session", "")
-        for earlier in history or ():
-            Message.create(conversation_id=conversation.id, role=earlier["role"], content=earlier["content"])
-    history = _history(conversation.id)
-    Message.create(conversation_id=conversation.id, role=MessageRole.USER.value, content=question)
-    return _Turn(dialog, conversation.id, question, history, dataset_ids, doc_ids or None)
+    session_id, earlier = SESSIONS.begin_turn(tenant_id, dialog, question, session_id, HISTORY_MESSAGES, history or ())
+    return _Turn(dialog, session_id, question, earlier, dataset_ids, doc_ids or None)
 
 
 @db_session()
 def _save_answer(turn: _Turn, answer: str, reference: dict, interrupted: bool) -> None:
-    Message.create(
-        id=turn.message_id,
-        conversation_id=turn.session_id,
-        role=MessageRole.ASSISTANT.value,
-        content=answer,
-        reference=reference,
-        interrupted=interrupted,
-    )
-    Conversation.update(update_time=now_ms()).where(
-        Conversation.id == turn.session_id
-    ).execute()
+    SESSIONS.save_answer(turn.session_id, turn.message_id, answer, reference, interrupted)
 
 
 def _reference(turn: _Turn) -> dict:

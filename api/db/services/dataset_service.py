@@ -11,8 +11,12 @@ from typing import Any
 from peewee import SqliteDatabase, fn
 
 from api.db.db_models import DB, Chunk, Document, Knowledgebase, db_session
+from api.db.services.common_service import (
+    check_unique,
+    get_or_raise,
+    owned_page,
+)
 from common.constants import DEFAULT_CHUNK_TOKENS
-from common.errors import DataError
 
 
 def write_transaction():
@@ -70,11 +74,7 @@ def _with_counts(kbs: list[Knowledgebase]) -> list[dict]:
 
 
 def _check_name(tenant_id: str, name: str, exclude_id: str | None = None) -> None:
-    query = Knowledgebase.select().where((Knowledgebase.tenant_id == tenant_id) & (Knowledgebase.name == name))
-    if exclude_id:
-        query = query.where(Knowledgebase.id != exclude_id)
-    if query.exists():
-        raise DataError(f"Dataset name '{name}' already exists")
+    check_unique(Knowledgebase, f"Dataset name '{name}' already exists", exclude_id, tenant_id=tenant_id, name=name)
 
 
 @db_session()
@@ -84,10 +84,7 @@ def get_dataset(tenant_id: str, dataset_id: str) -> Knowledgebase:
     Raises:
         DataError: no such dataset for this tenant.
     """
-    kb = Knowledgebase.get_or_none((Knowledgebase.id == dataset_id) & (Knowledgebase.tenant_id == tenant_id))
-    if kb is None:
-        raise DataError(f"You don't own the dataset {dataset_id}.")
-    return kb
+    return get_or_raise(Knowledgebase, f"You don't own the dataset {dataset_id}.", id=dataset_id, tenant_id=tenant_id)
 
 
 @db_session()
@@ -125,14 +122,8 @@ def list_datasets(
     dataset_id: str | None = None,
 ) -> list[dict]:
     """One page of the tenant's datasets, optionally filtered by exact name or id."""
-    query = Knowledgebase.select().where(Knowledgebase.tenant_id == tenant_id)
-    if name:
-        query = query.where(Knowledgebase.name == name)
-    if dataset_id:
-        query = query.where(Knowledgebase.id == dataset_id)
-    field = getattr(Knowledgebase, orderby)
-    query = query.order_by(field.desc() if desc else field.asc()).paginate(page, page_size)
-    return _with_counts(list(query))
+    owner = Knowledgebase.tenant_id == tenant_id
+    return _with_counts(owned_page(Knowledgebase, owner, page, page_size, orderby, desc, name=name, id=dataset_id))
 
 
 @db_session()

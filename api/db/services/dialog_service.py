@@ -10,6 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from api.db.db_models import Conversation, Dialog, Message, db_session
+from api.db.services.common_service import (
+    check_unique,
+    get_or_raise,
+    owned_page,
+)
 from api.db.services.dataset_service import check_datasets, write_transaction
 from common.constants import (
     DEFAULT_EMPTY_RESPONSE,
@@ -19,7 +24,6 @@ from common.constants import (
     DEFAULT_TOP_N,
     OFFLINE_MODEL_NAME,
 )
-from common.errors import DataError
 
 DEFAULT_LLM = {
     "model_name": OFFLINE_MODEL_NAME,
@@ -82,18 +86,11 @@ def get_chat(tenant_id: str, chat_id: str) -> Dialog:
     Raises:
         DataError: no such chat for this tenant.
     """
-    dialog = Dialog.get_or_none((Dialog.id == chat_id) & (Dialog.tenant_id == tenant_id))
-    if dialog is None:
-        raise DataError(f"You don't own the chat {chat_id}")
-    return dialog
+    return get_or_raise(Dialog, f"You don't own the chat {chat_id}", id=chat_id, tenant_id=tenant_id)
 
 
 def _check_name(tenant_id: str, name: str, exclude_id: str | None = None) -> None:
-    query = Dialog.select().where((Dialog.tenant_id == tenant_id) & (Dialog.name == name))
-    if exclude_id:
-        query = query.where(Dialog.id != exclude_id)
-    if query.exists():
-        raise DataError(f"Duplicated chat name in creating chat: {name}")
+    check_unique(Dialog, f"Duplicated chat name in creating chat: {name}", exclude_id, tenant_id=tenant_id, name=name)
 
 
 @db_session()
@@ -119,14 +116,8 @@ def list_chats(
     tenant_id: str, page: int, page_size: int, orderby: str, desc: bool, name: str | None, chat_id: str | None
 ) -> list[dict]:
     """One page of the tenant's chats, optionally filtered by exact name or id."""
-    query = Dialog.select().where(Dialog.tenant_id == tenant_id)
-    if name:
-        query = query.where(Dialog.name == name)
-    if chat_id:
-        query = query.where(Dialog.id == chat_id)
-    field = getattr(Dialog, orderby)
-    query = query.order_by(field.desc() if desc else field.asc()).paginate(page, page_size)
-    return [chat_to_dict(dialog) for dialog in query]
+    dialogs = owned_page(Dialog, Dialog.tenant_id == tenant_id, page, page_size, orderby, desc, name=name, id=chat_id)
+    return [chat_to_dict(dialog) for dialog in dialogs]
 
 
 @db_session()

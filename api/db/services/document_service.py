@@ -13,8 +13,13 @@ from pathlib import Path
 from peewee import fn
 
 from api.db.db_models import DB, Chunk, Document, db_session, get_uuid
+from api.db.services.common_service import (
+    get_or_raise,
+    ordered_page,
+    where_equal,
+)
 from api.db.services.dataset_service import get_dataset
-from common.errors import ArgumentError, DataError
+from common.errors import ArgumentError
 
 #: Longest accepted file name, characters (RAGFlow's limit).
 MAX_FILENAME_CHARS = 255
@@ -129,10 +134,7 @@ def get_document(tenant_id: str, dataset_id: str, document_id: str) -> Document:
         DataError: unknown dataset or document.
     """
     get_dataset(tenant_id, dataset_id)
-    doc = Document.get_or_none((Document.id == document_id) & (Document.kb_id == dataset_id))
-    if doc is None:
-        raise DataError(f"You don't own the document {document_id}.")
-    return doc
+    return get_or_raise(Document, f"You don't own the document {document_id}.", id=document_id, kb_id=dataset_id)
 
 
 @db_session()
@@ -152,14 +154,10 @@ def list_documents(
     query = Document.select().where(Document.kb_id == dataset_id)
     if keywords:
         query = query.where(Document.name.contains(keywords))
-    if document_id:
-        query = query.where(Document.id == document_id)
-    if name:
-        query = query.where(Document.name == name)
+    query = where_equal(query, Document, id=document_id, name=name)
     total = query.count()
-    field = getattr(Document, orderby)
-    page_query = query.order_by(field.desc() if desc else field.asc()).paginate(page, page_size)
-    return {"docs": [document_to_dict(doc) for doc in page_query], "total": total}
+    rows = ordered_page(query, Document, orderby, desc, page, page_size)
+    return {"docs": [document_to_dict(doc) for doc in rows], "total": total}
 
 
 @db_session()
@@ -202,8 +200,7 @@ def list_chunks(
     query = Chunk.select().where(Chunk.doc_id == document_id)
     if keywords:
         query = query.where(Chunk.content.contains(keywords))
-    if chunk_id:
-        query = query.where(Chunk.id == chunk_id)
+    query = where_equal(query, Chunk, id=chunk_id)
     total = query.count()
     rows = query.order_by(Chunk.position).paginate(page, page_size)
     return {
