@@ -9,45 +9,32 @@ built-in offline model and an OpenAI-compatible test server on loopback
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-import pymysql
 import pytest
 
-from common.settings import parse_database_url
+from test.support.database import fresh_database
 from test.support.openai_server import OpenAITestServer
-from test.support.server import ServerProcess, Tenant, create_tenant
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    api_client,
+    create_tenant,
+    sync_api_client,
+)
 
-MYSQL_URL_VARIABLE = "RAGSOCKET_TEST_MYSQL_URL"
-
-
-def _mysql_admin(url: str) -> pymysql.connections.Connection:
-    conf = parse_database_url(url)
-    return pymysql.connect(host=conf["host"], port=conf["port"], user=conf["user"], password=conf["password"])
+if TYPE_CHECKING:
+    from ragflow_sdk import RAGFlow
 
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The database URL every server of this run uses."""
-    base = os.environ.get(MYSQL_URL_VARIABLE)
-    if not base:
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'ragsocket.db'}"
-        return
-    name = f"ragsocket_test_{uuid.uuid4().hex[:8]}"
-    conf = parse_database_url(base)
-    admin = _mysql_admin(base)
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    try:
-        yield f"mysql://{conf['user']}:{conf['password']}@{conf['host']}:{conf['port']}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.close()
+    with fresh_database(tmp_path_factory.mktemp("db") / "ragsocket.db", "ragsocket_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -92,19 +79,30 @@ def other_tenant(server: ServerProcess) -> Tenant:
 @pytest.fixture
 async def api(server: ServerProcess, tenant: Tenant) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client authenticated as ``tenant``."""
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as client:
+    async with api_client(server, tenant) as client:
         yield client
 
 
 @pytest.fixture
 async def other_api(server: ServerProcess, other_tenant: Tenant) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client authenticated as ``other_tenant``."""
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {other_tenant.api_key}"}, timeout=30
-    ) as client:
+    async with api_client(server, other_tenant) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def http(server: ServerProcess, tenant: Tenant) -> Iterator[httpx.Client]:
+    """A synchronous HTTP client authenticated as ``tenant`` (to check what the server saved)."""
+    with sync_api_client(server, tenant) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def rag(server: ServerProcess, tenant: Tenant) -> RAGFlow:
+    """RAGFlow's SDK client as ``tenant``, pointed at the server root (the SDK adds ``/api/v1``)."""
+    from ragflow_sdk import RAGFlow
+
+    return RAGFlow(api_key=tenant.api_key, base_url=f"http://127.0.0.1:{server.port}")
 
 
 @pytest.fixture(scope="session")

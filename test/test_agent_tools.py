@@ -11,13 +11,10 @@ import logging
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -54,20 +51,17 @@ from api.streaming.agent_frames import (
     agent_sse_event,
 )
 from common.errors import ArgumentError, DataError
-from test.support.server import ServerProcess, free_port, ok
-from test.support.ws import ask
-
-MCP_SERVER = str(Path(__file__).parent / "support" / "mcp_echo_server.py")
-
-
-class QuietHTTPServer(ThreadingHTTPServer):
-    """A loopback HTTP server that ignores clients hanging up (a tool timing out)."""
-
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
+from test.support.agents import MCP_SERVER, ragflow_canvas, serve_http
+from test.support.server import (
+    ServerProcess,
+    api_client,
+    auth,
+    free_port,
+    ok,
+    unique,
+    variant_env,
+)
+from test.support.ws import agent_url, ask
 
 
 # -- calculator ----------------------------------------------------------------------
@@ -156,13 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_base() -> Iterator[str]:
-    server = QuietHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_http(_Handler) as url:
+        yield url
 
 
 def http_tool(base: str, allow_private: bool = True, **fields) -> HttpRequestToolImpl:
@@ -246,23 +235,28 @@ def mcp_toolset(commands: frozenset[str], timeout: float = 10) -> Toolset:
     return Toolset(definition, ToolConfig(mcp_commands=commands), retrieve=None)
 
 
-def test_mcp_tools_listed_and_called():
-    toolset = mcp_toolset(frozenset({sys.executable}))
+def check_echo_server_tools(toolset: Toolset, text: str, sleep_seconds: float) -> None:
+    """The echo MCP server's tools, listed and called through ``toolset`` (closed after):
+    ``echo`` of ``text``, ``add``, ``fail``, and ``sleep`` for ``sleep_seconds`` cut at 0.5 s."""
     try:
         schemas = {s["function"]["name"]: s["function"] for s in toolset.schemas()}
         assert sorted(schemas) == ["add", "echo", "fail", "sleep"]
         assert schemas["echo"]["parameters"]["required"] == ["text"]
-        assert toolset.call("echo", {"text": "hi"}, 5).content == "echo: hi"
+        assert toolset.call("echo", {"text": text}, 5).content == f"echo: {text}"
         assert toolset.call("add", {"a": 2, "b": 3}, 5).content == "5.0"
         failed = toolset.call("fail", {}, 5)
         assert (failed.status, failed.content) == ("error", "error: Error executing tool fail")
         started = time.monotonic()
-        slow = toolset.call("sleep", {"seconds": 5}, 0.5)
+        slow = toolset.call("sleep", {"seconds": sleep_seconds}, 0.5)
         assert (slow.status, slow.content) == ("error", "error: the MCP tool 'sleep' timed out after 0.5 s")
         assert time.monotonic() - started < 2
         assert toolset.call("echo", {"text": "still there"}, 5).content == "echo: still there"
     finally:
         toolset.close()
+
+
+def test_mcp_tools_listed_and_called():
+    check_echo_server_tools(mcp_toolset(frozenset({sys.executable})), "hi", sleep_seconds=5)
 
 
 def test_mcp_command_not_allowed_is_not_started():
@@ -315,22 +309,7 @@ def test_mcp_streamable_http_definition():
 
 
 def test_mcp_streamable_http_tools_listed_and_called(mcp_http_url):
-    toolset = mcp_http_toolset(mcp_http_url, allow_private=True)
-    try:
-        schemas = {s["function"]["name"]: s["function"] for s in toolset.schemas()}
-        assert sorted(schemas) == ["add", "echo", "fail", "sleep"]
-        assert schemas["echo"]["parameters"]["required"] == ["text"]
-        assert toolset.call("echo", {"text": "over http"}, 5).content == "echo: over http"
-        assert toolset.call("add", {"a": 2, "b": 3}, 5).content == "5.0"
-        failed = toolset.call("fail", {}, 5)
-        assert (failed.status, failed.content) == ("error", "error: Error executing tool fail")
-        started = time.monotonic()
-        slow = toolset.call("sleep", {"seconds": 3}, 0.5)
-        assert (slow.status, slow.content) == ("error", "error: the MCP tool 'sleep' timed out after 0.5 s")
-        assert time.monotonic() - started < 2
-        assert toolset.call("echo", {"text": "still there"}, 5).content == "echo: still there"
-    finally:
-        toolset.close()
+    check_echo_server_tools(mcp_http_toolset(mcp_http_url, allow_private=True), "over http", sleep_seconds=3)
 
 
 def test_mcp_streamable_http_loopback_refused_unless_allowed(mcp_http_url, caplog):
@@ -354,27 +333,25 @@ def test_mcp_streamable_http_server_not_answering():
 @pytest.fixture(scope="module")
 def private_urls_server(server_env, tmp_path_factory) -> Iterator[ServerProcess]:
     """A server allowing private URLs (the shared ``server`` keeps them refused)."""
-    env = {**server_env, "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("private-urls")), "RAGSOCKET_AGENT_ALLOW_PRIVATE_URLS": "true"}
-    with ServerProcess(env) as process:
+    with ServerProcess(variant_env(server_env, tmp_path_factory, "private-urls", RAGSOCKET_AGENT_ALLOW_PRIVATE_URLS="true")) as process:
         yield process
 
 
 async def test_mcp_streamable_http_through_the_server(server, private_urls_server, tenant, mcp_http_url):
-    headers = {"Authorization": f"Bearer {tenant.api_key}"}
     dsl = {"llm": {"model_name": "agent-tool"}, "tools": [{"type": "mcp", "transport": "streamable_http", "url": mcp_http_url, "timeout": 20}]}
-    async with httpx.AsyncClient(base_url=server.api_url, headers=headers, timeout=30) as api:
-        agent = ok(await api.post("/agents", json={"title": f"mcp-http-{time.monotonic_ns()}", "dsl": dsl}))
+    async with api_client(server, tenant) as api:
+        agent = ok(await api.post("/agents", json={"title": unique("mcp-http"), "dsl": dsl}))
     assert agent["dsl"]["tools"][0] | {"timeout": 0} == {
         "type": "mcp", "transport": "streamable_http", "url": mcp_http_url, "command": None, "args": [], "env": {}, "timeout": 0,
     }
     question = json.dumps({"tool": "echo", "arguments": {"text": "hello over http"}})
-    async with connect(f"{private_urls_server.ws_url}/ws/agents/{agent['id']}/completions", additional_headers=headers) as ws:
+    async with connect(agent_url(private_urls_server, agent["id"]), additional_headers=auth(tenant)) as ws:
         frames = await ask(ws, question)
     ends = [f["data"] for f in frames if f.get("event") == "tool_call_end"]
     assert [(e["tool_name"], e["status"], e["result"]) for e in ends] == [("echo", "completed", "echo: hello over http")]
     answer = "".join(f["data"]["content"] for f in frames if f.get("event") == "message")
     assert answer == "Tool result: echo: hello over http"
-    async with connect(f"{server.ws_url}/ws/agents/{agent['id']}/completions", additional_headers=headers) as ws:
+    async with connect(agent_url(server, agent["id"]), additional_headers=auth(tenant)) as ws:
         refused = await ask(ws, question)
     (end,) = [f["data"] for f in refused if f.get("event") == "tool_call_end"]
     assert (end["status"], end["result"]) == ("error", "error: there is no tool named 'echo'"), "loopback refused by default"
@@ -416,13 +393,7 @@ def test_definition_errors_name_the_field(dsl, message):
 
 
 def canvas(agent_params: dict, extra: dict | None = None) -> dict:
-    components = {
-        "begin": {"obj": {"component_name": "Begin", "params": {"prologue": "Hello from the canvas"}}, "downstream": ["Agent:Brave"], "upstream": []},
-        "Agent:Brave": {"obj": {"component_name": "Agent", "params": agent_params}, "downstream": ["Message:Calm"], "upstream": ["begin"]},
-        "Message:Calm": {"obj": {"component_name": "Message", "params": {"content": ["{Agent:Brave@content}"]}}, "downstream": [], "upstream": ["Agent:Brave"]},
-        **(extra or {}),
-    }
-    return {"components": components, "globals": {"sys.query": ""}, "graph": {"nodes": [], "edges": []}, "history": [], "path": [], "retrieval": []}
+    return ragflow_canvas(agent_params, extra, prologue="Hello from the canvas", agent="Agent:Brave", message="Message:Calm")
 
 
 def test_canvas_mapped_onto_our_definition():

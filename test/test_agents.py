@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -17,32 +16,23 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from test.support.server import ServerProcess, Tenant, make_dataset, ok
-from test.support.ws import ask, recv_json
+from test.support.agents import MCP_SERVER, ragflow_canvas, retrieval_agent, serve_http
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    auth,
+    corpus_files,
+    make_corpus,
+    ok,
+    saved_session,
+    variant_env,
+)
+from test.support.ws import agent_url, ask, recv_json
 
-MCP_SERVER = str(Path(__file__).parent / "support" / "mcp_echo_server.py")
 QUESTION = "How many days do I have to return a purchase, and what is 30 * 2?"
 
 
-class QuietHTTPServer(ThreadingHTTPServer):
-    """A loopback HTTP server that ignores clients hanging up (a tool timing out)."""
-
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 # -- helpers -------------------------------------------------------------------------
-def auth(tenant: Tenant) -> dict:
-    return {"Authorization": f"Bearer {tenant.api_key}"}
-
-
-def agent_url(server: ServerProcess, agent_id: str) -> str:
-    return f"{server.ws_url}/ws/agents/{agent_id}/completions"
-
-
 async def make_agent(api: httpx.AsyncClient, dsl: dict, **fields) -> dict:
     body = {"title": f"agent-{time.monotonic_ns()}", "description": "test agent", "dsl": dsl, **fields}
     return ok(await api.post("/agents", json=body))
@@ -76,17 +66,12 @@ def requests_of(openai_server, model: str) -> list[dict]:
 
 
 async def last_session(api: httpx.AsyncClient, agent_id: str, session_id: str) -> dict:
-    sessions = ok(await api.get(f"/agents/{agent_id}/sessions", params={"id": session_id}))
-    assert len(sessions) == 1
-    return sessions[0]
+    return await saved_session(api, agent_id, session_id, kind="agents")
 
 
 @pytest.fixture(scope="module")
 async def corpus(server: ServerProcess, tenant: Tenant, corpus_dir) -> dict:
-    async with httpx.AsyncClient(base_url=server.api_url, headers=auth(tenant), timeout=30) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, docs = await make_dataset(api, files)
-        assert {d["run"] for d in docs} == {"DONE"}
+    dataset_id, _, _ = await make_corpus(server, tenant, corpus_files(corpus_dir))
     return {"dataset_id": dataset_id}
 
 
@@ -294,15 +279,7 @@ async def test_agent_validation_messages(api):
 
 
 def canvas(dataset_id: str, extra: dict | None = None) -> dict:
-    agent = {"llm_id": "ragsocket-offline@Builtin", "sys_prompt": "Answer from the knowledge.", "max_rounds": 4,
-             "tools": [{"component_name": "Retrieval", "name": "Retrieval", "params": {"kb_ids": [dataset_id], "top_n": 3}}]}
-    components = {
-        "begin": {"obj": {"component_name": "Begin", "params": {"prologue": "Canvas says hi"}}, "downstream": ["Agent:A"], "upstream": []},
-        "Agent:A": {"obj": {"component_name": "Agent", "params": agent}, "downstream": ["Message:M"], "upstream": ["begin"]},
-        "Message:M": {"obj": {"component_name": "Message", "params": {"content": ["{Agent:A@content}"]}}, "downstream": [], "upstream": ["Agent:A"]},
-        **(extra or {}),
-    }
-    return {"components": components, "globals": {}, "graph": {}, "history": [], "path": [], "retrieval": []}
+    return ragflow_canvas(retrieval_agent(dataset_id, max_rounds=4), extra, globals={}, graph={})
 
 
 async def test_ragflow_canvas_import(server, tenant, api, corpus):
@@ -395,22 +372,15 @@ class _Slow(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def loopback_http() -> Iterator[str]:
-    httpd = QuietHTTPServer(("127.0.0.1", 0), _Slow)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_http(_Slow) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def open_server(server_env, tmp_path_factory) -> Iterator[ServerProcess]:
-    env = {
-        **server_env,
-        "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("open-data")),
-        "RAGSOCKET_AGENT_ALLOW_PRIVATE_URLS": "true",
-        "RAGSOCKET_AGENT_MCP_COMMANDS": sys.executable,
-    }
+    env = variant_env(
+        server_env, tmp_path_factory, "open-data", RAGSOCKET_AGENT_ALLOW_PRIVATE_URLS="true", RAGSOCKET_AGENT_MCP_COMMANDS=sys.executable
+    )
     with ServerProcess(env) as process:
         yield process
 

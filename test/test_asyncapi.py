@@ -11,14 +11,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from websockets.asyncio.client import connect
 
 from test.support.apidocs import DocumentSchemas, load_yaml, registered_routes
-from test.support.server import ROOT, ServerProcess, Tenant, make_chat, make_dataset, ok
-from test.support.ws import read_answer, recv_json
+from test.support.server import (
+    ROOT,
+    ServerProcess,
+    Tenant,
+    api_client,
+    auth,
+    corpus_files,
+    make_corpus,
+    ok,
+)
+from test.support.ws import agent_url, chat_url, read_answer, recv_json
 
 ASYNCAPI = ROOT / "docs" / "asyncapi.yaml"
 URI = "urn:ragsocket:asyncapi"
@@ -148,22 +156,8 @@ def test_every_registered_websocket_route_is_a_channel(doc, tmp_path):
 @pytest.fixture(scope="module")
 async def chats(server: ServerProcess, tenant: Tenant, corpus_dir: Path) -> dict:
     """An offline chat over the shipped documents, and a slow chat (openai test server)."""
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, _ = await make_dataset(api, files)
-        offline = await make_chat(api, [dataset_id])
-        slow = await make_chat(api, [dataset_id], llm={"model_name": "slow"})
-    return {"offline": offline["id"], "slow": slow["id"], "dataset_id": dataset_id}
-
-
-def chat_url(server: ServerProcess, chat_id: str) -> str:
-    return f"{server.ws_url}/ws/chats/{chat_id}/completions"
-
-
-def auth(tenant: Tenant) -> dict:
-    return {"Authorization": f"Bearer {tenant.api_key}"}
+    dataset_id, _, (offline, slow) = await make_corpus(server, tenant, corpus_files(corpus_dir), {}, {"llm": {"model_name": "slow"}})
+    return {"offline": offline, "slow": slow, "dataset_id": dataset_id}
 
 
 async def test_streamed_answer_frames_match(server, tenant, chats, doc, schemas):
@@ -250,7 +244,7 @@ async def test_resume_replay_matches(server, tenant, chats, doc, schemas):
 
 
 async def test_seed_chat_frames_match(server, tenant, chats, doc, schemas):
-    async with connect(f"ws://127.0.0.1:{server.port}/v1/ws/chat", additional_headers=auth(tenant)) as ws:
+    async with connect(f"{server.ws_root}/v1/ws/chat", additional_headers=auth(tenant)) as ws:
         question = check_sent(schemas, doc, "seedChat", {
             "type": "chat", "chat_id": chats["offline"], "question": "How long does standard shipping take?",
         }, "chatQuestion")
@@ -263,7 +257,7 @@ async def test_seed_chat_frames_match(server, tenant, chats, doc, schemas):
 
 
 async def test_health_greeting_and_echo_match(server, doc, schemas):
-    async with connect(f"ws://127.0.0.1:{server.port}/v1/ws/health") as ws:
+    async with connect(f"{server.ws_root}/v1/ws/health") as ws:
         greeting = await recv_json(ws)
         await ws.send(json.dumps({"hello": "世界"}))
         echo_json = await recv_json(ws)
@@ -274,13 +268,12 @@ async def test_health_greeting_and_echo_match(server, doc, schemas):
 
 
 async def test_agent_frames_match(server, tenant, chats, doc, schemas):
-    async with httpx.AsyncClient(base_url=server.api_url, headers=auth(tenant), timeout=30) as api:
+    async with api_client(server, tenant) as api:
         agent = ok(await api.post("/agents", json={
             "title": "asyncapi-agent",
             "dsl": {"tools": [{"type": "calculator"}, {"type": "retrieval", "dataset_ids": [chats["dataset_id"]]}]},
         }))
-    url = f"{server.ws_url}/ws/agents/{agent['id']}/completions"
-    async with connect(url, additional_headers=auth(tenant)) as ws:
+    async with connect(agent_url(server, agent["id"]), additional_headers=auth(tenant)) as ws:
         await ws.send(json.dumps(check_sent(schemas, doc, "agentCompletions", {"question": "What is 6*7?", "req_id": "a"}, "question")))
         frames = await read_answer(ws)
         await ws.send(json.dumps({"question": ""}))
@@ -325,7 +318,7 @@ async def read_dify(ws) -> list[dict]:
 
 def dify_url(server: ServerProcess, channel: str, chat_id: str | None = None) -> str:
     query = f"?chat_id={chat_id}" if chat_id else ""
-    return f"ws://127.0.0.1:{server.port}{DIFY_ROUTES[channel]}{query}"
+    return f"{server.ws_root}{DIFY_ROUTES[channel]}{query}"
 
 
 def test_dify_schemas_reject_wrong_shapes(doc, schemas):
@@ -422,7 +415,7 @@ async def test_dify_error_events_match(server, tenant, chats, doc, schemas):
     assert missing_query[0]["status"] == 400 and missing_query[0]["req_id"] == "bad"
     assert unknown_chat[0]["code"] == "not_found" and unknown_chat[0]["req_id"] == "foreign"
     assert unknown_conversation[0]["status"] == 404
-    async with connect(dify_url(server, "difyCompletionMessages"), additional_headers={"Authorization": "Bearer ragsocket-wrong"}) as ws:
+    async with connect(dify_url(server, "difyCompletionMessages"), additional_headers=auth("ragsocket-wrong")) as ws:
         refused = await recv_json(ws)
     assert refused["status"] == 401 and refused["code"] == "unauthorized"
     check(schemas, doc, "difyCompletionMessages", [refused], ["error"])

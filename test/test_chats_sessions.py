@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-import httpx
 import pytest
 
 from common.constants import (
@@ -13,24 +11,21 @@ from common.constants import (
     DEFAULT_PROLOGUE,
     DEFAULT_SYSTEM_PROMPT,
 )
-from test.support.server import ServerProcess, Tenant, make_chat, make_dataset, ok
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{time.monotonic_ns()}"
-
-
-def assert_error(response: httpx.Response, code: int, fragment: str = "") -> None:
-    body = response.json()
-    assert body["code"] == code and body["data"] is None, body
-    assert fragment in body["message"], body
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    api_client,
+    assert_error,
+    make_chat,
+    make_dataset,
+    ok,
+    unique,
+)
 
 
 @pytest.fixture(scope="module")
 async def dataset_id(server: ServerProcess, tenant: Tenant) -> str:
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
+    async with api_client(server, tenant) as api:
         dataset_id, _ = await make_dataset(
             api, {"lamp.txt": b"The Lumen lamp has a two-year warranty.\n\nIts shade is made of linen."}, name=unique("chats")
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test.support.server import ROOT, _child_env, run_cli
+from test.support.server import ROOT, _child_env, api_client, auth, run_cli
 
 
 def cli_json(env: dict, *args: str) -> dict:
@@ -26,7 +26,7 @@ async def test_create_tenant_prints_a_working_key(server):
     assert data["tenant_name"] == "carol" and len(data["tenant_id"]) == 32
     assert data["api_key"].startswith("ragsocket-") and len(data["api_key"]) > 40
     assert data["prefix"] == data["api_key"][:16]
-    async with httpx.AsyncClient(base_url=server.api_url, headers={"Authorization": f"Bearer {data['api_key']}"}) as api:
+    async with api_client(server, data["api_key"]) as api:
         body = (await api.get("/datasets")).json()
     assert body == {"code": 0, "message": "", "data": []}, "a new tenant sees no dataset"
 
@@ -62,9 +62,9 @@ async def test_revoked_key_gets_109(server):
     spare = cli_json(server.env, "create-key", tenant["tenant_id"])
     assert cli_json(server.env, "revoke-key", tenant["key_id"]) == {"id": tenant["key_id"], "prefix": tenant["prefix"], "revoked": True}
     async with httpx.AsyncClient(base_url=server.api_url) as client:
-        body = (await client.get("/datasets", headers={"Authorization": f"Bearer {tenant['api_key']}"})).json()
+        body = (await client.get("/datasets", headers=auth(tenant["api_key"]))).json()
         assert body == {"code": 109, "message": "Authentication error: API key has been revoked", "data": None}
-        still = (await client.get("/datasets", headers={"Authorization": f"Bearer {spare['api_key']}"})).json()
+        still = (await client.get("/datasets", headers=auth(spare["api_key"]))).json()
         assert still["code"] == 0, "the tenant's other key still works"
     # by prefix too; revoking twice is fine
     assert run_cli(server.env, "revoke-key", spare["prefix"]).returncode == 0
@@ -139,7 +139,7 @@ async def test_secret_key_file_is_private_and_reused(server, tenant, tmp_path):
     key = path.read_text()
     assert len(key.strip()) == 64
     token = cli_json(server.env, "session-token", tenant.tenant_id)["session_token"]
-    async with httpx.AsyncClient(base_url=server.api_url, headers={"Authorization": f"Bearer {token}"}) as client:
+    async with api_client(server, token) as client:
         assert (await client.get("/datasets")).json()["code"] == 0, "the CLI and the server share the key"
     assert path.read_text() == key
     # a fresh data dir: created once, then reused by the next process
@@ -150,6 +150,6 @@ async def test_secret_key_file_is_private_and_reused(server, tenant, tmp_path):
     cli_json(env, "session-token", tenant.tenant_id)
     assert (tmp_path / "secret_key").read_text() == fresh != key
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret_key"], "no temporary file left behind"
-    async with httpx.AsyncClient(base_url=server.api_url, headers={"Authorization": f"Bearer {first}"}) as client:
+    async with api_client(server, first) as client:
         body = (await client.get("/datasets")).json()
     assert body == {"code": 109, "message": "Authentication error: invalid or expired session token", "data": None}

@@ -4,12 +4,18 @@ another tenant's id with an error envelope (102 or 109) and leaks none of its da
 from __future__ import annotations
 
 import json
-import time
 
-import httpx
 import pytest
 
-from test.support.server import ServerProcess, Tenant, make_chat, make_dataset, ok
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    api_client,
+    make_chat,
+    make_dataset,
+    ok,
+    unique,
+)
 
 SECRET = "The vault code of Alice is 8431."
 
@@ -17,10 +23,8 @@ SECRET = "The vault code of Alice is 8431."
 @pytest.fixture(scope="module")
 async def alice(server: ServerProcess, tenant: Tenant) -> dict:
     """The victim's objects: a parsed dataset, an unparsed document, a chat, a session."""
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
-        dataset_id, (doc,) = await make_dataset(api, {"vault.txt": SECRET.encode()}, name=f"private-{time.monotonic_ns()}")
+    async with api_client(server, tenant) as api:
+        dataset_id, (doc,) = await make_dataset(api, {"vault.txt": SECRET.encode()}, name=unique("private"))
         (idle,) = ok(await api.post(f"/datasets/{dataset_id}/documents", files=[("file", ("idle.txt", b"Idle vault notes."))]))
         chat = await make_chat(api, [dataset_id])
         session = ok(await api.post(f"/chats/{chat['id']}/sessions", json={"name": "private session"}))
@@ -93,7 +97,7 @@ async def test_lists_and_filters_show_only_own_objects(other_api, alice):
 
 
 async def test_own_chat_cannot_reach_another_tenants_dataset(other_api, alice):
-    body = (await other_api.post("/chats", json={"name": f"spy-{time.monotonic_ns()}", "dataset_ids": [alice["dataset_id"]]})).json()
+    body = (await other_api.post("/chats", json={"name": unique("spy"), "dataset_ids": [alice["dataset_id"]]})).json()
     assert body["code"] == 102 and "8431" not in json.dumps(body)
     spy = await make_chat(other_api, [])
     body = (await other_api.put(f"/chats/{spy['id']}", json={"dataset_ids": [alice["dataset_id"]]})).json()

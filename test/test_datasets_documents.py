@@ -4,57 +4,23 @@ download, chunks, cancel — with RAGFlow's envelope and error codes."""
 from __future__ import annotations
 
 import asyncio
-import io
-import time
 
-import docx
 import httpx
 import pytest
 
-from test.support.server import ServerProcess, Tenant, make_dataset, ok, wait_parsed
+from test.support.documents import make_docx, make_pdf
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    api_client,
+    assert_error,
+    make_dataset,
+    ok,
+    unique,
+    wait_parsed,
+)
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_pdf(*lines: str) -> bytes:
-    """A minimal valid one-page PDF showing ``lines`` (Helvetica, exact xref table)."""
-    ops = ["BT", "/F1 12 Tf", "14 TL", "72 720 Td"]
-    for line in lines:
-        escaped = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-        ops.append(f"({escaped}) Tj T*")
-    ops.append("ET")
-    stream = "\n".join(ops).encode("latin-1")
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        (
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-            b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>"
-        ),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-    ]
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref_at = len(out)
-    out += b"xref\n0 %d\n" % (len(objects) + 1)
-    out += b"0000000000 65535 f \n"
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref_at)
-    return bytes(out)
-
-
-def make_docx(*paragraphs: str) -> bytes:
-    document = docx.Document()
-    for text in paragraphs:
-        document.add_paragraph(text)
-    buffer = io.BytesIO()
-    document.save(buffer)
-    return buffer.getvalue()
 
 
 HTML = (
@@ -65,10 +31,6 @@ DOCX_TEXT = "The Lumen lamp dimmer has seven brightness levels."
 PDF_TEXT = "Replacement bulbs for the Lumen lamp are sold in packs of three."
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{time.monotonic_ns()}"
-
-
 async def docs_by_name(api: httpx.AsyncClient, dataset_id: str) -> dict[str, dict]:
     docs = ok(await api.get(f"/datasets/{dataset_id}/documents", params={"page_size": 100}))["docs"]
     return {doc["name"]: doc for doc in docs}
@@ -76,15 +38,6 @@ async def docs_by_name(api: httpx.AsyncClient, dataset_id: str) -> dict[str, dic
 
 async def retrieve(api: httpx.AsyncClient, dataset_id: str, question: str, **fields) -> dict:
     return ok(await api.post("/retrieval", json={"question": question, "dataset_ids": [dataset_id], **fields}))
-
-
-def assert_error(response: httpx.Response, code: int, fragment: str = "") -> dict:
-    body = response.json()
-    assert body["code"] == code, body
-    assert body["data"] is None, body
-    assert fragment in body["message"], body
-    assert "Traceback" not in body["message"]
-    return body
 
 
 # --------------------------------------------------------------------------- datasets
@@ -256,9 +209,7 @@ async def mixed(server: ServerProcess, tenant: Tenant, corpus_dir) -> dict:
         "notes.xyz": b"some bytes in an unknown format",
         "broken.pdf": b"%PDF-1.4\nthis is not really a PDF\n%%EOF\n",
     }
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
+    async with api_client(server, tenant) as api:
         dataset = ok(await api.post("/datasets", json={"name": unique("mixed")}))
         uploaded = ok(await api.post(f"/datasets/{dataset['id']}/documents", files=[("file", item) for item in files.items()]))
         before = await docs_by_name(api, dataset["id"])

@@ -12,11 +12,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from common.settings import ENV_PREFIX, Settings
-from test.support.server import ROOT, ServerProcess, ok
+from test.support.server import (
+    ROOT,
+    ServerProcess,
+    ok,
+    saved_session_sync,
+    sync_api_client,
+)
 
 CLIENT = ROOT / "example" / "websocket" / "python_client.py"
 
@@ -129,9 +134,9 @@ def test_client_interactive_keeps_the_session(demo_server: ServerProcess):
     assert result.stdout.count("Sources:") == 2
     session = re.search(r"^Session: (\w+)$", result.stdout, re.MULTILINE)
     assert session, result.stdout
-    with httpx.Client(base_url=demo_server.api_url, headers={"Authorization": f"Bearer {key}"}) as api:
-        sessions = ok(api.get(f"/chats/{chat_id}/sessions", params={"id": session.group(1)}))
-    roles = [message["role"] for message in sessions[0]["messages"]]
+    with sync_api_client(demo_server, key) as api:
+        saved = saved_session_sync(api, chat_id, session.group(1))
+    roles = [message["role"] for message in saved["messages"]]
     assert roles.count("user") == 2, "both questions went to one session"
 
 
@@ -142,7 +147,7 @@ def test_demo_runs_again_on_the_same_data(demo_env: dict, demo_folder: Path, tmp
     with ServerProcess(env, args=("--demo", str(demo_folder))) as again:
         key, chat_id = demo_credentials(again)
         assert key != first_key and chat_id != first_chat
-        with httpx.Client(base_url=again.api_url, headers={"Authorization": f"Bearer {key}"}) as api:
+        with sync_api_client(again, key) as api:
             datasets = ok(api.get("/datasets", params={"name": "demo"}))
             chats = ok(api.get("/chats", params={"name": "demo"}))
         assert len(datasets) == 1 and datasets[0]["document_count"] == 2, "the dataset was recreated, not doubled"

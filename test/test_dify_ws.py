@@ -7,7 +7,6 @@ import asyncio
 import json
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -24,10 +23,15 @@ from common.errors import ArgumentError
 from test.support.server import (
     ServerProcess,
     Tenant,
+    api_client,
+    auth,
+    corpus_files,
     create_tenant,
     make_chat,
+    make_corpus,
     make_dataset,
     ok,
+    session_messages,
 )
 
 TIMEOUT = 20.0
@@ -35,11 +39,7 @@ TERMINAL = {"message_end", "error"}
 
 
 def base(server: ServerProcess) -> str:
-    return f"ws://127.0.0.1:{server.port}/v1/ws"
-
-
-def auth(tenant: Tenant) -> dict:
-    return {"Authorization": f"Bearer {tenant.api_key}"}
+    return f"{server.ws_root}/v1/ws"
 
 
 async def recv_raw(ws, timeout: float = TIMEOUT) -> str:
@@ -72,17 +72,8 @@ async def assert_silent(ws, seconds: float = 0.3) -> None:
 
 @pytest.fixture(scope="module")
 async def corpus(server: ServerProcess, tenant: Tenant, corpus_dir) -> dict:
-    async with httpx.AsyncClient(base_url=server.api_url, headers=auth(tenant), timeout=30) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, _ = await make_dataset(api, files, name="dify-corpus")
-        chat = await make_chat(api, [dataset_id])
-    return {"dataset_id": dataset_id, "chat_id": chat["id"]}
-
-
-async def session_messages(api: httpx.AsyncClient, chat_id: str, session_id: str) -> list[dict]:
-    sessions = ok(await api.get(f"/chats/{chat_id}/sessions", params={"id": session_id}))
-    assert len(sessions) == 1
-    return sessions[0]["messages"]
+    dataset_id, _, (chat_id,) = await make_corpus(server, tenant, corpus_files(corpus_dir), {}, name="dify-corpus")
+    return {"dataset_id": dataset_id, "chat_id": chat_id}
 
 
 # -- chat-messages ---------------------------------------------------------------------
@@ -228,7 +219,7 @@ def test_error_event_builder_escapes_everything():
 
 
 async def test_another_tenants_chat_is_refused(server, tenant, other_tenant, api):
-    async with httpx.AsyncClient(base_url=server.api_url, headers=auth(other_tenant), timeout=30) as other_api:
+    async with api_client(server, other_tenant) as other_api:
         dataset_id, _ = await make_dataset(other_api, {"secret.txt": b"The vault code is 1234."})
         foreign = await make_chat(other_api, [dataset_id])
     async with connect(f"{base(server)}/chat-messages?chat_id={foreign['id']}", additional_headers=auth(tenant)) as ws:
@@ -247,7 +238,7 @@ async def test_another_tenants_chat_is_refused(server, tenant, other_tenant, api
 
 
 async def test_bad_key_is_an_error_event_then_1008(server):
-    async with connect(f"{base(server)}/chat-messages", additional_headers={"Authorization": "Bearer nope"}) as ws:
+    async with connect(f"{base(server)}/chat-messages", additional_headers=auth("nope")) as ws:
         event = await recv_event(ws)
         with pytest.raises(ConnectionClosed) as closed:
             await ws.recv()
@@ -258,7 +249,7 @@ async def test_bad_key_is_an_error_event_then_1008(server):
 async def test_the_app_is_the_tenants_only_chat(server):
     solo = create_tenant(server.env, "dify-solo")
     async with (
-        httpx.AsyncClient(base_url=server.api_url, headers=auth(solo), timeout=30) as api,
+        api_client(server, solo) as api,
         connect(f"{base(server)}/chat-messages", additional_headers=auth(solo)) as ws,
     ):
         await send(ws, query="Anyone there?")

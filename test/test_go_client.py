@@ -15,10 +15,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 
-from test.support.server import ROOT, ServerProcess, Tenant, make_chat, make_dataset
+from test.support.server import (
+    ROOT,
+    ServerProcess,
+    Tenant,
+    corpus_files,
+    make_chat_over,
+)
 
 EXAMPLE = ROOT / "example" / "websocket" / "go" / "main.go"
 DOCS = ROOT / "docs" / "websocket_api.md"
@@ -93,13 +98,7 @@ def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 async def chat_id(server: ServerProcess, tenant: Tenant, corpus_dir: Path) -> str:
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, _ = await make_dataset(api, files, name="go-client-corpus")
-        chat = await make_chat(api, [dataset_id])
-    return chat["id"]
+    return await make_chat_over(server, tenant, corpus_files(corpus_dir))
 
 
 async def run_client(binary: Path, *args: str, **env: str) -> tuple[int, str, str]:
@@ -118,13 +117,9 @@ async def run_client(binary: Path, *args: str, **env: str) -> tuple[int, str, st
     return process.returncode, stdout.decode(), stderr.decode()
 
 
-def base_url(server: ServerProcess) -> str:
-    return f"ws://127.0.0.1:{server.port}"
-
-
 async def test_go_client_streams_an_answer_with_sources(go_client, server, tenant, chat_id):
     status, out, err = await run_client(
-        go_client, "-url", base_url(server), "-key", tenant.api_key, "-chat", chat_id,
+        go_client, "-url", server.ws_root, "-key", tenant.api_key, "-chat", chat_id,
         "-question", "How many days do I have to return a purchase?",
     )
     assert status == 0, (out, err)
@@ -135,7 +130,7 @@ async def test_go_client_streams_an_answer_with_sources(go_client, server, tenan
 
 async def test_go_client_takes_key_chat_and_question_from_env(go_client, server, tenant, chat_id):
     status, out, err = await run_client(
-        go_client, "-url", base_url(server),
+        go_client, "-url", server.ws_root,
         RAGSOCKET_API_KEY=tenant.api_key, RAGSOCKET_CHAT_ID=chat_id,
         RAGSOCKET_QUESTION="What does the warranty cover?",
     )
@@ -146,7 +141,7 @@ async def test_go_client_takes_key_chat_and_question_from_env(go_client, server,
 
 async def test_go_client_reports_an_error_frame(go_client, server, tenant, chat_id):
     status, out, err = await run_client(
-        go_client, "-url", base_url(server), "-key", tenant.api_key, "-chat", chat_id, "-question", "x" * 9000,
+        go_client, "-url", server.ws_root, "-key", tenant.api_key, "-chat", chat_id, "-question", "x" * 9000,
     )
     assert status == 1, (out, err)
     assert "error 101:" in err and "too long" in err, err
@@ -155,7 +150,7 @@ async def test_go_client_reports_an_error_frame(go_client, server, tenant, chat_
 @pytest.mark.parametrize("case", ["bad key", "unknown chat"])
 async def test_go_client_stops_on_1008(go_client, server, tenant, chat_id, case):
     key, chat = (("ragsocket-wrong", chat_id) if case == "bad key" else (tenant.api_key, "0" * 32))
-    status, out, err = await run_client(go_client, "-url", base_url(server), "-key", key, "-chat", chat)
+    status, out, err = await run_client(go_client, "-url", server.ws_root, "-key", key, "-chat", chat)
     assert status == 2, (out, err)
     assert ("error 109:" if case == "bad key" else "error 102:") in err, err
     assert "close 1008" in err, err

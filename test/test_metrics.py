@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from test.support.server import ServerProcess, Tenant, make_chat, make_dataset
-from test.support.ws import ask
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    api_client,
+    auth,
+    corpus_files,
+    make_chat,
+    make_chat_over,
+)
+from test.support.ws import ask, chat_url
 
 QUESTION = "How many days do I have to return a purchase?"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -24,12 +31,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.fixture(scope="module")
 async def chat_id(server: ServerProcess, tenant: Tenant, corpus_dir) -> str:
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, _ = await make_dataset(api, files, name=f"metrics-{time.monotonic_ns()}")
-        return (await make_chat(api, [dataset_id]))["id"]
+    return await make_chat_over(server, tenant, corpus_files(corpus_dir))
 
 
 async def scrape(server: ServerProcess) -> Samples:
@@ -55,14 +57,13 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 async def test_metrics_count_answers_frames_requests_and_errors(server, tenant, chat_id):
     before = await scrape(server)
-    headers = {"Authorization": f"Bearer {tenant.api_key}"}
 
-    async with connect(f"{server.ws_url}/ws/chats/{chat_id}/completions", additional_headers=headers) as ws:
+    async with connect(chat_url(server, chat_id), additional_headers=auth(tenant)) as ws:
         during = await scrape(server)
         ws_frames = await ask(ws, QUESTION)
     assert delta(before, during, "ragsocket_websocket_connections") == 1
 
-    async with httpx.AsyncClient(base_url=server.api_url, headers=headers, timeout=30) as api:
+    async with api_client(server, tenant) as api:
         async with api.stream("POST", f"/chats/{chat_id}/completions", json={"question": QUESTION}) as response:
             raw = (await response.aread()).decode()
         sse_events = raw.strip().split("\n\n")
@@ -100,8 +101,7 @@ async def test_metrics_count_answers_frames_requests_and_errors(server, tenant, 
 
 
 async def test_stream_error_frame_counts_its_code(server, tenant, openai_server):
-    headers = {"Authorization": f"Bearer {tenant.api_key}"}
-    async with httpx.AsyncClient(base_url=server.api_url, headers=headers, timeout=30) as api:
+    async with api_client(server, tenant) as api:
         chat = await make_chat(api, [], llm={"model_name": "error-500"})
         before = await scrape(server)
         async with api.stream("POST", f"/chats/{chat['id']}/completions", json={"question": "hi"}) as response:

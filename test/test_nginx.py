@@ -21,7 +21,18 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from test.support.server import ROOT, ServerProcess, Tenant, create_tenant, free_port, make_chat, make_dataset
+from test.support.server import (
+    ROOT,
+    ServerProcess,
+    Tenant,
+    auth,
+    corpus_files,
+    create_tenant,
+    free_port,
+    make_chat,
+    make_parsed_dataset,
+    variant_env,
+)
 from test.support.ws import ask, content_frames, joined_answer, recv_json
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -43,8 +54,7 @@ def render_conf(upstream: str, listen: str) -> str:
 @pytest.fixture(scope="module")
 def slow_server(server_env: dict, tmp_path_factory) -> Iterator[ServerProcess]:
     """A server whose offline answers take 50 ms per token."""
-    env = {**server_env, "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("nginx_data")), "RAGSOCKET_OFFLINE_TOKEN_DELAY": "0.05"}
-    with ServerProcess(env) as process:
+    with ServerProcess(variant_env(server_env, tmp_path_factory, "nginx_data", RAGSOCKET_OFFLINE_TOKEN_DELAY="0.05")) as process:
         yield process
 
 
@@ -90,12 +100,8 @@ def owner(slow_server: ServerProcess) -> Tenant:
 @pytest.fixture(scope="module")
 async def chat_id(proxy: str, owner: Tenant, corpus_dir: Path) -> str:
     """A chat over the shipped documents, created through nginx (uploads included)."""
-    async with httpx.AsyncClient(
-        base_url=f"http://{proxy}/api/v1", headers={"Authorization": f"Bearer {owner.api_key}"}, timeout=60
-    ) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, docs = await make_dataset(api, files)
-        assert {d["run"] for d in docs} == {"DONE"}
+    async with httpx.AsyncClient(base_url=f"http://{proxy}/api/v1", headers=auth(owner), timeout=60) as api:
+        dataset_id, _ = await make_parsed_dataset(api, corpus_files(corpus_dir))
         return (await make_chat(api, [dataset_id]))["id"]
 
 
@@ -112,7 +118,7 @@ def test_rendered_conf_is_valid_for_nginx(tmp_path):
 
 async def test_websocket_answer_streams_through_nginx(proxy, owner, chat_id):
     url = f"ws://{proxy}/api/v1/ws/chats/{chat_id}/completions"
-    async with connect(url, additional_headers={"Authorization": f"Bearer {owner.api_key}"}) as ws:
+    async with connect(url, additional_headers=auth(owner)) as ws:
         frames = await ask(ws, QUESTION)
     assert frames[-1]["data"] is True
     content = content_frames(frames)
@@ -131,7 +137,7 @@ async def test_sse_events_arrive_before_the_stream_ends(proxy, owner, chat_id):
             "POST",
             f"http://{proxy}/api/v1/chats/{chat_id}/completions",
             json={"question": QUESTION},
-            headers={"Authorization": f"Bearer {owner.api_key}", "Accept-Encoding": "gzip"},
+            headers={**auth(owner), "Accept-Encoding": "gzip"},
         ) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
@@ -152,7 +158,7 @@ async def test_sse_events_arrive_before_the_stream_ends(proxy, owner, chat_id):
 
 async def test_idle_websocket_is_not_cut(proxy, owner, chat_id):
     url = f"ws://{proxy}/api/v1/ws/chats/{chat_id}/completions"
-    async with connect(url, additional_headers={"Authorization": f"Bearer {owner.api_key}"}, ping_interval=None) as ws:
+    async with connect(url, additional_headers=auth(owner), ping_interval=None) as ws:
         await asyncio.sleep(6.0)  # no frames either way (client pings off; the server pings every 20 s)
         await ws.send(json.dumps({"type": "ping", "req_id": "after-idle"}))
         pong = await recv_json(ws)

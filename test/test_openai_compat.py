@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from test.support.server import ServerProcess, Tenant, make_chat, make_dataset, ok
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    auth,
+    corpus_files,
+    make_corpus,
+    saved_session_sync,
+    unique,
+)
 
 QUESTION = "How many days do I have to return a purchase?"
 
@@ -19,31 +25,18 @@ QUESTION = "How many days do I have to return a purchase?"
 @pytest.fixture(scope="module")
 async def corpus(server: ServerProcess, tenant: Tenant, corpus_dir) -> dict:
     """The shipped documents, parsed, an offline-model chat and an echo-model chat over them."""
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, docs = await make_dataset(api, files, name=f"openai-{time.monotonic_ns()}")
-        assert {d["run"] for d in docs} == {"DONE"}
-        chat = await make_chat(api, [dataset_id])
-        echo = await make_chat(api, [dataset_id], llm={"model_name": "echo"})
-        failing = await make_chat(api, [dataset_id], llm={"model_name": "error-500"})
-    return {"chat_id": chat["id"], "echo_id": echo["id"], "failing_id": failing["id"]}
+    _, _, (chat_id, echo_id, failing_id) = await make_corpus(
+        server, tenant, corpus_files(corpus_dir), {}, {"llm": {"model_name": "echo"}}, {"llm": {"model_name": "error-500"}}, name=unique("openai")
+    )
+    return {"chat_id": chat_id, "echo_id": echo_id, "failing_id": failing_id}
 
 
 def client(server: ServerProcess, chat_id: str, key: str) -> OpenAI:
     return OpenAI(base_url=f"{server.api_url}/chats_openai/{chat_id}", api_key=key, max_retries=0, timeout=30)
 
 
-@pytest.fixture
-def http(server: ServerProcess, tenant: Tenant) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30) as c:
-        yield c
-
-
 def saved_messages(http: httpx.Client, chat_id: str, session_id: str) -> list[dict]:
-    (session,) = ok(http.get(f"/chats/{chat_id}/sessions", params={"id": session_id}))
-    return session["messages"]
+    return saved_session_sync(http, chat_id, session_id)["messages"]
 
 
 def test_non_streamed_completion_is_the_saved_answer_with_references(server, tenant, corpus, http):
@@ -92,7 +85,7 @@ def test_stream_ends_with_done_marker(server, tenant, corpus):
     body = {"model": "m", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
     with httpx.stream(
         "POST", f"{server.api_url}/chats_openai/{corpus['chat_id']}/chat/completions", json=body,
-        headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30,
+        headers=auth(tenant), timeout=30,
     ) as response:
         raw = response.read().decode()
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")

@@ -12,7 +12,15 @@ import pytest
 from openapi_spec_validator import validate
 
 from test.support.apidocs import DocumentSchemas, load_yaml, registered_routes
-from test.support.server import ROOT, ServerProcess, Tenant, make_dataset, ok
+from test.support.server import (
+    ROOT,
+    ServerProcess,
+    Tenant,
+    api_client,
+    corpus_files,
+    make_dataset,
+    ok,
+)
 
 URI = "urn:ragsocket:openapi"
 PREFIX = "/api/v1"
@@ -73,9 +81,7 @@ def assert_valid(schemas: DocumentSchemas, pointer: str, instance: Any) -> None:
 
 
 async def test_real_responses_match_their_schemas(server: ServerProcess, tenant: Tenant, served, schemas, corpus_dir):
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
+    async with api_client(server, tenant) as api:
         create_body = {"name": "openapi-ds", "description": "checked", "parser_config": {"chunk_token_num": 256}}
         assert_valid(schemas, request_schema("/datasets", "post"), create_body)
         created = await api.post("/datasets", json=create_body)
@@ -85,8 +91,7 @@ async def test_real_responses_match_their_schemas(server: ServerProcess, tenant:
         assert_valid(schemas, response_schema(served, "/datasets", "delete"), deleted.json())
         ok(deleted)
 
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, _ = await make_dataset(api, files)
+        dataset_id, _ = await make_dataset(api, corpus_files(corpus_dir))
         listed = await api.get(f"/datasets/{dataset_id}/documents")
         assert_valid(schemas, response_schema(served, "/datasets/{dataset_id}/documents", "get"), listed.json())
         assert ok(listed)["docs"]

@@ -7,12 +7,18 @@ import asyncio
 import socket
 import sys
 import threading
-import time
 
-import httpx
 import pytest
 
-from test.support.server import ROOT, ServerProcess, Tenant, make_chat, make_dataset, ok
+from test.support.documents import LAMP_QUESTION, LAMP_STORY
+from test.support.server import (
+    ROOT,
+    ServerProcess,
+    Tenant,
+    make_chat_over,
+    variant_env,
+    wait_saved_message,
+)
 
 sys.path.insert(0, str(ROOT / "example" / "websocket"))
 from ragsocket_client import (  # noqa: E402
@@ -21,48 +27,17 @@ from ragsocket_client import (  # noqa: E402
     RagSocketClient,
 )
 
-LONG_TEXT = (
-    "The Lumen lamp is assembled by hand in Porto and every lamp is tested for eight hours before it ships. "
-    "Its aluminium body is recycled and its LED bulb draws five watts while giving the light of a forty watt bulb. "
-    "The lamp dims smoothly from one percent to full brightness and remembers its last setting after a power cut."
-)
-QUESTION = "How is the Lumen lamp assembled, tested, dimmed and powered?"
-
-
-def auth(tenant: Tenant) -> dict:
-    return {"Authorization": f"Bearer {tenant.api_key}"}
-
 
 @pytest.fixture(scope="module")
 def slow_server(server_env, tmp_path_factory):
     """A server whose offline model writes one word every 30 ms (answers take ~1-2 s)."""
-    env = {**server_env, "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("pylib")), "RAGSOCKET_OFFLINE_TOKEN_DELAY": "0.03"}
-    with ServerProcess(env) as process:
+    with ServerProcess(variant_env(server_env, tmp_path_factory, "pylib", RAGSOCKET_OFFLINE_TOKEN_DELAY="0.03")) as process:
         yield process
 
 
 @pytest.fixture(scope="module")
 async def lamp_chat(slow_server: ServerProcess, tenant: Tenant) -> str:
-    async with httpx.AsyncClient(base_url=slow_server.api_url, headers=auth(tenant), timeout=30) as api:
-        dataset_id, docs = await make_dataset(api, {"lamp.txt": LONG_TEXT.encode()})
-        assert docs[0]["run"] == "DONE"
-        return (await make_chat(api, [dataset_id]))["id"]
-
-
-def base_url(process: ServerProcess) -> str:
-    return f"ws://127.0.0.1:{process.port}"
-
-
-def saved_message(process: ServerProcess, tenant: Tenant, chat_id: str, session_id: str, message_id: str) -> dict:
-    with httpx.Client(base_url=process.api_url, headers=auth(tenant), timeout=30) as api:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            sessions = ok(api.get(f"/chats/{chat_id}/sessions", params={"id": session_id}))
-            found = [m for m in sessions[0]["messages"] if m["id"] == message_id and m["role"] == "assistant"]
-            if found:
-                return found[0]
-            time.sleep(0.05)
-    raise AssertionError(f"message {message_id} was never saved")
+    return await make_chat_over(slow_server, tenant, {"lamp.txt": LAMP_STORY.encode()})
 
 
 def drop(sock: socket.socket) -> None:
@@ -71,13 +46,13 @@ def drop(sock: socket.socket) -> None:
 
 
 def test_sync_answer_equals_saved_message_and_follow_up_keeps_session(slow_server, tenant, lamp_chat):
-    with RagSocketClient(base_url(slow_server), api_key=tenant.api_key, chat_id=lamp_chat) as client:
-        deltas = [frame["data"]["answer"] for frame in client.stream(QUESTION)]
+    with RagSocketClient(slow_server.ws_root, api_key=tenant.api_key, chat_id=lamp_chat) as client:
+        deltas = [frame["data"]["answer"] for frame in client.stream(LAMP_QUESTION)]
         answer = client.last_answer
         assert answer.done and answer.error is None and answer.resumes == 0
         assert "".join(deltas) == answer.text and "Porto" in answer.text
         assert answer.document_names == ["lamp.txt"]
-        saved = saved_message(slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
+        saved = wait_saved_message(slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
         assert saved["content"] == answer.text and saved["interrupted"] is False
         follow = client.ask("And how many watts does the bulb draw?", session_id=answer.session_id)
         assert follow.session_id == answer.session_id and follow.message_id != answer.message_id
@@ -85,9 +60,9 @@ def test_sync_answer_equals_saved_message_and_follow_up_keeps_session(slow_serve
 
 
 def test_sync_drop_mid_answer_is_resumed_transparently(slow_server, tenant, lamp_chat):
-    with RagSocketClient(base_url(slow_server), api_key=tenant.api_key, chat_id=lamp_chat, backoff=0.1) as client:
+    with RagSocketClient(slow_server.ws_root, api_key=tenant.api_key, chat_id=lamp_chat, backoff=0.1) as client:
         text, seqs, dropped = "", [], False
-        for frame in client.stream(QUESTION):
+        for frame in client.stream(LAMP_QUESTION):
             text += frame["data"]["answer"]
             seqs.append(frame["data"]["seq"])
             if len(seqs) == 3 and not dropped:
@@ -97,42 +72,42 @@ def test_sync_drop_mid_answer_is_resumed_transparently(slow_server, tenant, lamp
         assert dropped and answer.resumes == 1 and client.reconnects == 1
         assert seqs == list(range(1, len(seqs) + 1)), "no frame lost or repeated"
         assert text == answer.text
-        saved = saved_message(slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
+        saved = wait_saved_message(slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
         assert saved["interrupted"] is False, "a resumable answer went on while the client was away"
         assert answer.text == saved["content"]
         # the new connection serves the next question
-        assert "Porto" in client.ask(QUESTION, session_id=answer.session_id).text
+        assert "Porto" in client.ask(LAMP_QUESTION, session_id=answer.session_id).text
 
 
 def test_sync_stop_interrupts(slow_server, tenant, lamp_chat):
-    with RagSocketClient(base_url(slow_server), api_key=tenant.api_key, chat_id=lamp_chat) as client:
+    with RagSocketClient(slow_server.ws_root, api_key=tenant.api_key, chat_id=lamp_chat) as client:
         frames = []
-        for frame in client.stream(QUESTION):
+        for frame in client.stream(LAMP_QUESTION):
             frames.append(frame)
             if len(frames) == 2:
                 client.stop()
         answer = client.last_answer
         assert answer.interrupted and frames[-1]["data"]["interrupted"] is True
-        saved = saved_message(slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
+        saved = wait_saved_message(slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
         assert saved["interrupted"] is True and saved["content"] == answer.text
 
 
 def test_sync_refused_key_raises(slow_server, lamp_chat):
     with pytest.raises(AuthenticationError) as refused:
-        with RagSocketClient(base_url(slow_server), api_key="ragsocket-not-a-real-key", chat_id=lamp_chat) as client:
+        with RagSocketClient(slow_server.ws_root, api_key="ragsocket-not-a-real-key", chat_id=lamp_chat) as client:
             client.ask("Hello?")
     assert refused.value.code == 1008
 
 
 async def test_async_answer_and_resume_after_forced_drop(slow_server, tenant, lamp_chat):
-    async with AsyncRagSocketClient(base_url(slow_server), api_key=tenant.api_key, chat_id=lamp_chat, backoff=0.1) as client:
-        plain = await client.ask(QUESTION)
+    async with AsyncRagSocketClient(slow_server.ws_root, api_key=tenant.api_key, chat_id=lamp_chat, backoff=0.1) as client:
+        plain = await client.ask(LAMP_QUESTION)
         assert plain.error is None and "Porto" in plain.text
-        saved = await asyncio.to_thread(saved_message, slow_server, tenant, lamp_chat, plain.session_id, plain.message_id)
+        saved = await asyncio.to_thread(wait_saved_message, slow_server, tenant, lamp_chat, plain.session_id, plain.message_id)
         assert plain.text == saved["content"]
 
         text, seqs = "", []
-        async for frame in client.stream(QUESTION, session_id=plain.session_id):
+        async for frame in client.stream(LAMP_QUESTION, session_id=plain.session_id):
             text += frame["data"]["answer"]
             seqs.append(frame["data"]["seq"])
             if len(seqs) == 4 and client.reconnects == 0:
@@ -140,13 +115,13 @@ async def test_async_answer_and_resume_after_forced_drop(slow_server, tenant, la
         answer = client.last_answer
         assert answer.resumes == 1 and answer.session_id == plain.session_id
         assert seqs == list(range(1, len(seqs) + 1))
-        saved = await asyncio.to_thread(saved_message, slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
+        saved = await asyncio.to_thread(wait_saved_message, slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
         assert saved["interrupted"] is False
         assert text == answer.text == saved["content"]
 
 
 async def test_async_drop_from_another_task(slow_server, tenant, lamp_chat):
-    async with AsyncRagSocketClient(base_url(slow_server), api_key=tenant.api_key, chat_id=lamp_chat, backoff=0.1) as client:
+    async with AsyncRagSocketClient(slow_server.ws_root, api_key=tenant.api_key, chat_id=lamp_chat, backoff=0.1) as client:
         first_frame = asyncio.Event()
 
         async def cut() -> None:
@@ -156,11 +131,11 @@ async def test_async_drop_from_another_task(slow_server, tenant, lamp_chat):
 
         cutter = asyncio.create_task(cut())
         text = ""
-        async for frame in client.stream(QUESTION):
+        async for frame in client.stream(LAMP_QUESTION):
             text += frame["data"]["answer"]
             first_frame.set()
         await cutter
         answer = client.last_answer
         assert answer.resumes == 1
-        saved = await asyncio.to_thread(saved_message, slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
+        saved = await asyncio.to_thread(wait_saved_message, slow_server, tenant, lamp_chat, answer.session_id, answer.message_id)
         assert text == saved["content"]

@@ -10,8 +10,6 @@ saved. Agents are out of scope here.
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -22,49 +20,16 @@ from ragflow_sdk.modules.dataset import DataSet
 from ragflow_sdk.modules.document import Document
 from ragflow_sdk.modules.session import Message, Session
 
-from test.support.server import ServerProcess, Tenant
+from test.support.sdk import sdk_corpus
+from test.support.server import ServerProcess, saved_session_sync, unique
 
-PARSE_TIMEOUT = 60.0
 QUESTION = "How many days do I have to return a purchase?"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{time.monotonic_ns()}"
-
-
-@pytest.fixture(scope="module")
-def rag(server: ServerProcess, tenant: Tenant) -> RAGFlow:
-    """The SDK client, pointed at the server root (the SDK adds ``/api/v1``)."""
-    return RAGFlow(api_key=tenant.api_key, base_url=f"http://127.0.0.1:{server.port}")
-
-
-@pytest.fixture(scope="module")
-def http(server: ServerProcess, tenant: Tenant) -> Iterator[httpx.Client]:
-    """A plain client, to check what the server saved."""
-    with httpx.Client(base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30) as client:
-        yield client
-
-
-def wait_done(dataset: DataSet, document_ids: list[str]) -> list[Document]:
-    """Poll ``list_documents`` (the SDK's own call) until every document is DONE."""
-    deadline = time.monotonic() + PARSE_TIMEOUT
-    while time.monotonic() < deadline:
-        docs = [d for d in dataset.list_documents(page_size=100) if d.id in document_ids]
-        if docs and all(d.run == "DONE" for d in docs):
-            return docs
-        assert not any(d.run in ("FAIL", "CANCEL") for d in docs), [(d.name, d.run, d.progress_msg) for d in docs]
-        time.sleep(0.1)
-    raise AssertionError(f"documents not parsed after {PARSE_TIMEOUT} s")
 
 
 @pytest.fixture(scope="module")
 def corpus(rag: RAGFlow, corpus_dir) -> dict:
     """A dataset made, filled and parsed through the SDK."""
-    dataset = rag.create_dataset(name=unique("sdk-corpus"), description="shipped test documents")
-    uploads = [{"display_name": p.name, "blob": p.read_bytes()} for p in sorted(corpus_dir.iterdir())]
-    docs = dataset.upload_documents(uploads)
-    dataset.async_parse_documents([d.id for d in docs])
-    parsed = wait_done(dataset, [d.id for d in docs])
+    dataset, parsed = sdk_corpus(rag, corpus_dir, unique("sdk-corpus"), description="shipped test documents")
     return {"dataset": dataset, "docs": {d.name: d for d in parsed}}
 
 
@@ -72,13 +37,6 @@ def corpus(rag: RAGFlow, corpus_dir) -> dict:
 def chat(rag: RAGFlow, corpus: dict) -> Chat:
     """A chat over the corpus, created with the SDK's default ``llm`` and ``prompt``."""
     return rag.create_chat(unique("sdk-chat"), dataset_ids=[corpus["dataset"].id])
-
-
-def saved_session(http: httpx.Client, chat_id: str, session_id: str) -> dict:
-    body = http.get(f"/chats/{chat_id}/sessions", params={"id": session_id}).json()
-    assert body["code"] == 0, body
-    (session,) = body["data"]
-    return session
 
 
 # -- datasets ---------------------------------------------------------------------
@@ -242,7 +200,7 @@ def test_ask_stream_yields_messages_ending_with_reference(chat: Chat, http: http
     assert all(m.reference is None for m in messages[:-1])
     answer = "".join(m.content for m in messages)
     assert "30 days" in answer and "[ID:0]" in answer
-    saved = saved_session(http, chat.id, session.id)["messages"]
+    saved = saved_session_sync(http, chat.id, session.id)["messages"]
     assert [m["role"] for m in saved] == ["assistant", "user", "assistant"]
     assert saved[1]["content"] == QUESTION
     assert saved[2]["content"] == answer, "the streamed deltas are the saved answer"
@@ -261,7 +219,7 @@ def test_ask_stream_legacy_is_cumulative_with_full_last_message(chat: Chat, http
         assert longer.startswith(shorter)
     last = messages[-1]
     assert last.reference[0]["document_name"] == "returns.md"
-    saved = saved_session(http, chat.id, session.id)["messages"]
+    saved = saved_session_sync(http, chat.id, session.id)["messages"]
     assert last.content == saved[-1]["content"] and "30 days" in last.content
 
 
@@ -271,7 +229,7 @@ def test_ask_non_stream_returns_one_message(chat: Chat, http: httpx.Client):
     assert isinstance(message, Message)
     assert "manufacturing defects" in message.content
     assert message.reference[0]["document_name"] == "warranty.txt"
-    saved = saved_session(http, chat.id, session.id)["messages"]
+    saved = saved_session_sync(http, chat.id, session.id)["messages"]
     assert saved[-1]["content"] == message.content and saved[-1]["reference"]["chunks"] == message.reference
 
 
@@ -280,7 +238,7 @@ def test_ask_continues_the_session(chat: Chat, http: httpx.Client):
     first = "".join(m.content for m in session.ask(QUESTION, stream=True))
     (second,) = list(session.ask("退货政策是什么？", stream=False))
     assert "三十天" in second.content
-    saved = saved_session(http, chat.id, session.id)["messages"]
+    saved = saved_session_sync(http, chat.id, session.id)["messages"]
     assert [m["role"] for m in saved] == ["assistant", "user", "assistant", "user", "assistant"]
     assert saved[2]["content"] == first and saved[4]["content"] == second.content
 

@@ -15,9 +15,6 @@ what the server saved.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from ragflow_sdk import RAGFlow
@@ -25,42 +22,18 @@ from ragflow_sdk.modules.agent import Agent
 from ragflow_sdk.modules.dataset import DataSet
 from ragflow_sdk.modules.session import Message, Session
 
-from test.support.server import ServerProcess, Tenant
+from test.support.agents import ragflow_canvas, retrieval_agent
+from test.support.sdk import sdk_corpus
+from test.support.server import saved_session_sync, unique
 
-PARSE_TIMEOUT = 60.0
 QUESTION = "How many days do I have to return a purchase, and what is 30 * 2?"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{time.monotonic_ns()}"
-
-
-@pytest.fixture(scope="module")
-def rag(server: ServerProcess, tenant: Tenant) -> RAGFlow:
-    """The SDK client, pointed at the server root (the SDK adds ``/api/v1``)."""
-    return RAGFlow(api_key=tenant.api_key, base_url=f"http://127.0.0.1:{server.port}")
-
-
-@pytest.fixture(scope="module")
-def http(server: ServerProcess, tenant: Tenant) -> Iterator[httpx.Client]:
-    """A plain client, to check what the server saved."""
-    with httpx.Client(base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
 def dataset(rag: RAGFlow, corpus_dir) -> DataSet:
     """The shipped documents, uploaded and parsed through the SDK."""
-    dataset = rag.create_dataset(name=unique("sdk-agent-corpus"))
-    docs = dataset.upload_documents([{"display_name": p.name, "blob": p.read_bytes()} for p in sorted(corpus_dir.iterdir())])
-    dataset.async_parse_documents([d.id for d in docs])
-    deadline = time.monotonic() + PARSE_TIMEOUT
-    while time.monotonic() < deadline:
-        listed = dataset.list_documents(page_size=100)
-        if listed and all(d.run == "DONE" for d in listed):
-            return dataset
-        time.sleep(0.1)
-    raise AssertionError(f"documents not parsed after {PARSE_TIMEOUT} s")
+    dataset, _ = sdk_corpus(rag, corpus_dir, unique("sdk-agent-corpus"))
+    return dataset
 
 
 def our_dsl(dataset_id: str) -> dict:
@@ -70,15 +43,7 @@ def our_dsl(dataset_id: str) -> dict:
 
 def canvas_dsl(dataset_id: str, extra: dict | None = None) -> dict:
     """A RAGFlow canvas of the template Begin → Agent (Retrieval tool) → Message."""
-    agent = {"llm_id": "ragsocket-offline@Builtin", "sys_prompt": "Answer from the knowledge.", "max_rounds": 3,
-             "tools": [{"component_name": "Retrieval", "name": "Retrieval", "params": {"kb_ids": [dataset_id], "top_n": 3}}]}
-    components = {
-        "begin": {"obj": {"component_name": "Begin", "params": {"prologue": "Canvas says hi"}}, "downstream": ["Agent:A"], "upstream": []},
-        "Agent:A": {"obj": {"component_name": "Agent", "params": agent}, "downstream": ["Message:M"], "upstream": ["begin"]},
-        "Message:M": {"obj": {"component_name": "Message", "params": {"content": ["{Agent:A@content}"]}}, "downstream": [], "upstream": ["Agent:A"]},
-        **(extra or {}),
-    }
-    return {"components": components, "globals": {"sys.query": ""}, "graph": {"nodes": [], "edges": []}, "history": [], "path": [], "retrieval": []}
+    return ragflow_canvas(retrieval_agent(dataset_id, max_rounds=3), extra)
 
 
 def create(rag: RAGFlow, title: str, dsl: dict, description: str | None = None) -> Agent:
@@ -94,10 +59,7 @@ def agent(rag: RAGFlow, dataset: DataSet) -> Agent:
 
 
 def saved_messages(http: httpx.Client, agent_id: str, session_id: str) -> list[dict]:
-    body = http.get(f"/agents/{agent_id}/sessions", params={"id": session_id}).json()
-    assert body["code"] == 0, body
-    (session,) = body["data"]
-    return session["messages"]
+    return saved_session_sync(http, agent_id, session_id, kind="agents")["messages"]
 
 
 # -- agents -----------------------------------------------------------------------------

@@ -14,16 +14,27 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from test.support.server import ServerProcess, Tenant, make_chat, make_dataset, ok
-from test.support.ws import content_frames, joined_answer, read_answer, recv_json
+from test.support.documents import LAMP_QUESTION, LAMP_STORY
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    api_client,
+    auth,
+    make_chat,
+    make_chat_over,
+    ok,
+    variant_env,
+    wait_saved_message,
+)
+from test.support.ws import (
+    chat_url,
+    content_frames,
+    joined_answer,
+    read_answer,
+    recv_json,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-LONG_TEXT = (
-    "The Lumen lamp is assembled by hand in Porto and every lamp is tested for eight hours before it ships. "
-    "Its aluminium body is recycled and its LED bulb draws five watts while giving the light of a forty watt bulb. "
-    "The lamp dims smoothly from one percent to full brightness and remembers its last setting after a power cut."
-)
-QUESTION = "How is the Lumen lamp assembled, tested, dimmed and powered?"
 
 
 def redis_available() -> bool:
@@ -33,48 +44,25 @@ def redis_available() -> bool:
         return False
 
 
-def auth(tenant: Tenant) -> dict:
-    return {"Authorization": f"Bearer {tenant.api_key}"}
-
-
 def slow_env(server_env: dict, tmp_path_factory, name: str, **extra: str) -> dict:
-    return {
-        **server_env,
-        "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp(name)),
-        "RAGSOCKET_OFFLINE_TOKEN_DELAY": "0.04",
-        **extra,
-    }
+    """A server's settings with an offline model writing a word every 40 ms (unless ``extra`` says otherwise)."""
+    return variant_env(server_env, tmp_path_factory, name, **{"RAGSOCKET_OFFLINE_TOKEN_DELAY": "0.04", **extra})
 
 
 @pytest.fixture(scope="module")
 async def lamp_chat(server: ServerProcess, tenant: Tenant) -> str:
-    """A chat whose offline answer to QUESTION is long (dozens of frames)."""
-    async with httpx.AsyncClient(base_url=server.api_url, headers=auth(tenant), timeout=30) as api:
-        dataset_id, docs = await make_dataset(api, {"lamp.txt": LONG_TEXT.encode()})
-        assert docs[0]["run"] == "DONE"
-        return (await make_chat(api, [dataset_id]))["id"]
-
-
-def chat_url(process: ServerProcess, chat_id: str) -> str:
-    return f"{process.ws_url}/ws/chats/{chat_id}/completions"
+    """A chat whose offline answer to LAMP_QUESTION is long (dozens of frames)."""
+    return await make_chat_over(server, tenant, {"lamp.txt": LAMP_STORY.encode()})
 
 
 async def saved_message(process: ServerProcess, tenant: Tenant, chat_id: str, session_id: str, message_id: str) -> dict:
-    async with httpx.AsyncClient(base_url=process.api_url, headers=auth(tenant), timeout=30) as api:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            sessions = ok(await api.get(f"/chats/{chat_id}/sessions", params={"id": session_id}))
-            found = [m for m in sessions[0]["messages"] if m["id"] == message_id]
-            if found:
-                return found[0]
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"message {message_id} was never saved")
+    return await asyncio.to_thread(wait_saved_message, process, tenant, chat_id, session_id, message_id)
 
 
 async def start_and_drop(process: ServerProcess, tenant: Tenant, chat_id: str, frames: int, **fields) -> list[dict]:
     """Ask, read ``frames`` frames, and drop the connection."""
     async with connect(chat_url(process, chat_id), additional_headers=auth(tenant)) as ws:
-        await ws.send(json.dumps({"question": QUESTION, **fields}))
+        await ws.send(json.dumps({"question": LAMP_QUESTION, **fields}))
         received = [await recv_json(ws) for _ in range(frames)]
     return received
 
@@ -134,7 +122,7 @@ async def test_resume_of_unknown_or_foreign_answer_is_refused(memory_server, ten
     wrong_session = {"data": {"session_id": "1" * 32, "id": before[0]["data"]["id"]}}
     frames = await resume(memory_server, tenant, lamp_chat, wrong_session, last_seq=0)
     assert frames[0]["code"] == 102
-    async with httpx.AsyncClient(base_url=memory_server.api_url, headers=auth(other_tenant)) as api:
+    async with api_client(memory_server, other_tenant) as api:
         own_chat = await make_chat(api, [])
     frames = await resume(memory_server, other_tenant, own_chat["id"], before[0], last_seq=0)
     assert frames[0]["code"] == 102, "another tenant cannot read the frames"
@@ -172,7 +160,7 @@ async def test_sigterm_lets_answers_finish_then_closes_with_1001(server_env, tmp
         url = chat_url(process, lamp_chat)
         idle = await connect(url, additional_headers=auth(tenant))
         busy = await connect(url, additional_headers=auth(tenant))
-        await busy.send(json.dumps({"question": QUESTION}))
+        await busy.send(json.dumps({"question": LAMP_QUESTION}))
         first = await recv_json(busy)
         process.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()

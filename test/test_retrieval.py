@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
-from test.support.server import ServerProcess, Tenant, make_dataset, ok
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    api_client,
+    corpus_files,
+    make_corpus,
+    make_dataset,
+    ok,
+    unique,
+)
 
 
 @pytest.fixture(scope="module")
 async def shipped(server: ServerProcess, tenant: Tenant, corpus_dir) -> dict:
     """The shipped English and Chinese documents, parsed into one dataset."""
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, docs = await make_dataset(api, files, name=f"retrieval-{time.monotonic_ns()}")
-    assert {d["run"] for d in docs} == {"DONE"}
+    dataset_id, docs, _ = await make_corpus(server, tenant, corpus_files(corpus_dir), name=unique("retrieval"))
     return {"dataset_id": dataset_id, "docs": {d["name"]: d["id"] for d in docs}}
 
 
 @pytest.fixture(scope="module")
 async def many(server: ServerProcess, tenant: Tenant) -> dict:
     """Twelve one-sentence documents that all mention "lamp" (for paging and top_k)."""
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
+    async with api_client(server, tenant) as api:
         files = {f"lamp{i:02d}.txt": f"Lamp model {i} gives {i * 100} lumens.".encode() for i in range(12)}
-        dataset_id, docs = await make_dataset(api, files, name=f"many-{time.monotonic_ns()}")
+        dataset_id, docs = await make_dataset(api, files, name=unique("many"))
     return {"dataset_id": dataset_id, "docs": {d["name"]: d["id"] for d in docs}}
 
 

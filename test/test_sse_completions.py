@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 
 import httpx
 import pytest
 
 from test.support.openai_server import ERROR_500_MESSAGE, echo_answer
-from test.support.server import ServerProcess, Tenant, make_chat, make_dataset, ok
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    corpus_files,
+    make_chat,
+    make_corpus,
+    ok,
+    session_messages,
+    unique,
+)
+from test.support.ws import content_frames
 
 END = {"code": 0, "message": "", "data": True}
 
@@ -18,14 +27,9 @@ END = {"code": 0, "message": "", "data": True}
 @pytest.fixture(scope="module")
 async def corpus(server: ServerProcess, tenant: Tenant, corpus_dir) -> dict:
     """The shipped documents, parsed, and an offline-model chat over them."""
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, docs = await make_dataset(api, files, name=f"sse-{time.monotonic_ns()}")
-        assert {d["run"] for d in docs} == {"DONE"}
-        chat = await make_chat(api, [dataset_id], prompt={"empty_response": "Nothing relevant was found."})
-    return {"dataset_id": dataset_id, "chat_id": chat["id"]}
+    empty = {"prompt": {"empty_response": "Nothing relevant was found."}}
+    dataset_id, _, (chat_id,) = await make_corpus(server, tenant, corpus_files(corpus_dir), empty, name=unique("sse"))
+    return {"dataset_id": dataset_id, "chat_id": chat_id}
 
 
 async def sse(api: httpx.AsyncClient, chat_id: str, body: dict) -> tuple[httpx.Response, list[dict]]:
@@ -41,15 +45,6 @@ async def sse(api: httpx.AsyncClient, chat_id: str, body: dict) -> tuple[httpx.R
     return response, frames
 
 
-def content(frames: list[dict]) -> list[dict]:
-    return [f for f in frames if f["code"] == 0 and isinstance(f["data"], dict)]
-
-
-async def saved_messages(api: httpx.AsyncClient, chat_id: str, session_id: str) -> list[dict]:
-    (session,) = ok(await api.get(f"/chats/{chat_id}/sessions", params={"id": session_id}))
-    return session["messages"]
-
-
 async def test_sse_streams_deltas_then_final_then_end_marker(api, corpus):
     question = "How many days do I have to return a purchase?"
     response, frames = await sse(api, corpus["chat_id"], {"question": question})
@@ -58,7 +53,7 @@ async def test_sse_streams_deltas_then_final_then_end_marker(api, corpus):
     assert response.headers["Cache-Control"] == "no-cache"
     assert response.headers["X-Accel-Buffering"] == "no"
     assert frames[-1] == END
-    data = content(frames)
+    data = content_frames(frames)
     assert len(data) == len(frames) - 1 and len(data) > 3
     assert all(f["message"] == "" for f in data)
     assert all(f["data"]["final"] is False and f["data"]["reference"] == {} for f in data[:-1])
@@ -70,7 +65,7 @@ async def test_sse_streams_deltas_then_final_then_end_marker(api, corpus):
     answer = "".join(f["data"]["answer"] for f in data)
     assert "30 days" in answer and "[ID:0]" in answer
     assert len({f["data"]["id"] for f in data}) == 1 and len({f["data"]["session_id"] for f in data}) == 1
-    messages = await saved_messages(api, corpus["chat_id"], final["session_id"])
+    messages = await session_messages(api, corpus["chat_id"], final["session_id"])
     assert [m["role"] for m in messages] == ["assistant", "user", "assistant"], "a new session, opened by the prologue"
     assert messages[1]["content"] == question
     assert messages[2]["content"] == answer and messages[2]["id"] == final["id"]
@@ -81,24 +76,24 @@ async def test_given_session_is_continued(api, corpus):
     session = ok(await api.post(f"/chats/{corpus['chat_id']}/sessions", json={"name": "continued"}))
     _, first = await sse(api, corpus["chat_id"], {"question": "How long does standard shipping take?", "session_id": session["id"]})
     _, second = await sse(api, corpus["chat_id"], {"question": "What does the warranty cover?", "session_id": session["id"]})
-    assert {f["data"]["session_id"] for f in content(first) + content(second)} == {session["id"]}
-    messages = await saved_messages(api, corpus["chat_id"], session["id"])
+    assert {f["data"]["session_id"] for f in content_frames(first) + content_frames(second)} == {session["id"]}
+    messages = await session_messages(api, corpus["chat_id"], session["id"])
     assert [m["role"] for m in messages] == ["assistant", "user", "assistant", "user", "assistant"]
     assert messages[3]["content"] == "What does the warranty cover?"
-    assert messages[4]["content"] == "".join(f["data"]["answer"] for f in content(second))
+    assert messages[4]["content"] == "".join(f["data"]["answer"] for f in content_frames(second))
     assert "manufacturing defects" in messages[4]["content"]
     assert len(ok(await api.get(f"/chats/{corpus['chat_id']}/sessions", params={"name": "continued"}))) == 1
 
 
 async def test_legacy_answers_are_cumulative(api, corpus):
     _, frames = await sse(api, corpus["chat_id"], {"question": "How long does standard shipping take?", "legacy": True})
-    data = content(frames)
+    data = content_frames(frames)
     answers = [f["data"]["answer"] for f in data]
     assert len(answers) > 2
     for shorter, longer in itertools.pairwise(answers):
         assert longer.startswith(shorter)
     assert data[-1]["data"]["final"] is True and "3 to 5 business days" in answers[-1]
-    messages = await saved_messages(api, corpus["chat_id"], data[-1]["data"]["session_id"])
+    messages = await session_messages(api, corpus["chat_id"], data[-1]["data"]["session_id"])
     assert messages[-1]["content"] == answers[-1]
 
 
@@ -113,13 +108,13 @@ async def test_stream_false_is_one_envelope(api, corpus):
     assert {"answer", "reference", "id", "session_id", "final"} <= set(data)
     assert "manufacturing defects" in data["answer"] and data["final"] is True
     assert data["reference"]["chunks"][0]["document_name"] == "warranty.txt"
-    messages = await saved_messages(api, corpus["chat_id"], data["session_id"])
+    messages = await session_messages(api, corpus["chat_id"], data["session_id"])
     assert messages[-1]["content"] == data["answer"] and messages[-1]["id"] == data["id"]
 
 
 async def test_empty_response_when_nothing_is_relevant(api, corpus):
     _, frames = await sse(api, corpus["chat_id"], {"question": "zebra xylophone quasar"})
-    data = content(frames)
+    data = content_frames(frames)
     assert "".join(f["data"]["answer"] for f in data) == "Nothing relevant was found."
     assert data[-1]["data"]["reference"] == {"total": 0, "chunks": [], "doc_aggs": []}
     assert frames[-1] == END
@@ -132,7 +127,7 @@ async def test_openai_compatible_model_answers_through_sse(api, corpus, openai_s
     question = "What does the warranty cover?"
     _, frames = await sse(api, chat["id"], {"question": question})
     assert frames[-1] == END
-    data = content(frames)
+    data = content_frames(frames)
     answer = "".join(f["data"]["answer"] for f in data)
     sent = openai_server.requests[-1]
     assert sent["model"] == "echo" and sent["stream"] is True

@@ -16,14 +16,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from test.support.documents import LAMP_QUESTION, LAMP_STORY
 from test.support.server import (
     ROOT,
     ServerProcess,
     Tenant,
+    api_client,
+    corpus_files,
     create_tenant,
-    make_chat,
-    make_dataset,
-    ok,
+    make_chat_over,
+    session_messages,
+    variant_env,
 )
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,20 +48,11 @@ pytestmark = pytest.mark.skipif(
     not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing: run .ci/setup.d/chromium.sh (Debian's chromium package)"
 )
 
-LAMP_TEXT = (
-    "The Lumen lamp is assembled by hand in Porto and every lamp is tested for eight hours before it ships. "
-    "Its aluminium body is recycled and its LED bulb draws five watts while giving the light of a forty watt bulb. "
-    "The lamp dims smoothly from one percent to full brightness and remembers its last setting after a power cut."
-)
-LAMP_QUESTION = "How is the Lumen lamp assembled, tested, dimmed and powered?"
-
-
 @pytest.fixture(scope="module")
 def demo_server(server_env: dict, tmp_path_factory: pytest.TempPathFactory):
     """A server whose offline model writes slowly (50 ms a word), so answers can be
     watched, stopped and interrupted by a drop."""
-    env = {**server_env, "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("web_demo")), "RAGSOCKET_OFFLINE_TOKEN_DELAY": "0.05"}
-    with ServerProcess(env) as process:
+    with ServerProcess(variant_env(server_env, tmp_path_factory, "web_demo", RAGSOCKET_OFFLINE_TOKEN_DELAY="0.05")) as process:
         yield process
 
 
@@ -70,13 +64,7 @@ def demo_tenant(demo_server: ServerProcess) -> Tenant:
 @pytest.fixture(scope="module")
 async def demo_chat(demo_server: ServerProcess, demo_tenant: Tenant, corpus_dir: Path) -> str:
     """A chat over the shipped documents and a lamp description (long answers)."""
-    headers = {"Authorization": f"Bearer {demo_tenant.api_key}"}
-    async with httpx.AsyncClient(base_url=demo_server.api_url, headers=headers, timeout=30) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        files["lamp.txt"] = LAMP_TEXT.encode()
-        dataset_id, docs = await make_dataset(api, files)
-        assert {d["run"] for d in docs} == {"DONE"}
-        return (await make_chat(api, [dataset_id]))["id"]
+    return await make_chat_over(demo_server, demo_tenant, {**corpus_files(corpus_dir), "lamp.txt": LAMP_STORY.encode()})
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +93,9 @@ async def page(browser) -> AsyncIterator:
         await context.close()
 
 
-async def session_messages(process: ServerProcess, tenant: Tenant, chat_id: str, session_id: str) -> list[dict]:
-    headers = {"Authorization": f"Bearer {tenant.api_key}"}
-    async with httpx.AsyncClient(base_url=process.api_url, headers=headers, timeout=30) as api:
-        sessions = ok(await api.get(f"/chats/{chat_id}/sessions", params={"id": session_id}))
-    assert len(sessions) == 1
-    return sessions[0]["messages"]
+async def saved_messages(process: ServerProcess, tenant: Tenant, chat_id: str, session_id: str) -> list[dict]:
+    async with api_client(process, tenant) as api:
+        return await session_messages(api, chat_id, session_id)
 
 
 async def last_message(page) -> dict:
@@ -198,7 +183,7 @@ async def test_full_conversation_in_chromium(page, demo_server, demo_tenant, dem
     second = await wait_done(page)
     assert "3 to 5 business days" in second["answer"]
     assert second["session_id"] == session_id
-    messages = await session_messages(demo_server, demo_tenant, demo_chat, session_id)
+    messages = await saved_messages(demo_server, demo_tenant, demo_chat, session_id)
     assert [m["content"] for m in messages if m["role"] == "user"] == [
         "How many days do I have to return a purchase?",
         "And how long does standard shipping take?",
@@ -214,7 +199,7 @@ async def test_full_conversation_in_chromium(page, demo_server, demo_tenant, dem
     assert stopped["interrupted"] and not stopped["error"]
     note = page.locator("#log .msg.assistant").last.locator(".note.interrupted")
     assert await note.is_visible() and "Interrupted" in await note.text_content()
-    saved = [m for m in await session_messages(demo_server, demo_tenant, demo_chat, session_id) if m["id"] == stopped["id"]]
+    saved = [m for m in await saved_messages(demo_server, demo_tenant, demo_chat, session_id) if m["id"] == stopped["id"]]
     assert saved and saved[0]["interrupted"] is True and saved[0]["content"] == stopped["answer"]
     assert await page.is_enabled("#ask") and not await page.is_enabled("#stop")
 
@@ -230,7 +215,7 @@ async def test_full_conversation_in_chromium(page, demo_server, demo_tenant, dem
     assert await page.evaluate("window.__ragsocket.resumes") == 1
     assert not resumed["error"] and not resumed["interrupted"] and resumed["id"] == before["id"]
     assert len(socket_urls) == 2 and "?ticket=" in socket_urls[1] and socket_urls[1] != socket_urls[0]
-    saved = [m for m in await session_messages(demo_server, demo_tenant, demo_chat, session_id) if m["id"] == resumed["id"]]
+    saved = [m for m in await saved_messages(demo_server, demo_tenant, demo_chat, session_id) if m["id"] == resumed["id"]]
     assert saved and saved[0]["content"] == resumed["answer"], "the resumed answer is exactly the saved one"
     assert "Porto" in resumed["answer"] and resumed["sources"][0] == "lamp.txt"
 

@@ -6,40 +6,37 @@ import asyncio
 import json
 import time
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from test.support.server import ServerProcess, Tenant, make_chat, make_dataset, ok, run_cli
-from test.support.ws import ask, content_frames, joined_answer, read_answer, recv_json
+from test.support.server import (
+    ServerProcess,
+    Tenant,
+    auth,
+    corpus_files,
+    make_chat,
+    make_corpus,
+    make_dataset,
+    run_cli,
+    session_messages,
+    variant_env,
+)
+from test.support.ws import (
+    ask,
+    chat_url,
+    content_frames,
+    joined_answer,
+    read_answer,
+    recv_json,
+)
 
 
 @pytest.fixture(scope="module")
 async def corpus(server: ServerProcess, tenant: Tenant, corpus_dir) -> dict:
     """A parsed dataset of the shipped documents and an offline-model chat over it."""
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=30
-    ) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, docs = await make_dataset(api, files)
-        assert {d["run"] for d in docs} == {"DONE"}
-        chat = await make_chat(api, [dataset_id])
-    return {"dataset_id": dataset_id, "chat_id": chat["id"], "docs": docs}
-
-
-def chat_url(server: ServerProcess, chat_id: str) -> str:
-    return f"{server.ws_url}/ws/chats/{chat_id}/completions"
-
-
-def auth(tenant: Tenant) -> dict:
-    return {"Authorization": f"Bearer {tenant.api_key}"}
-
-
-async def session_messages(api: httpx.AsyncClient, chat_id: str, session_id: str) -> list[dict]:
-    sessions = ok(await api.get(f"/chats/{chat_id}/sessions", params={"id": session_id}))
-    assert len(sessions) == 1
-    return sessions[0]["messages"]
+    dataset_id, docs, (chat_id,) = await make_corpus(server, tenant, corpus_files(corpus_dir), {})
+    return {"dataset_id": dataset_id, "chat_id": chat_id, "docs": docs}
 
 
 async def test_streams_cited_answer_in_deltas(server, tenant, corpus, api):
@@ -183,7 +180,7 @@ async def test_session_token_and_revoked_key(server, tenant, corpus):
         assert "30 days" in joined_answer(await ask(ws, "How many days do I have to return a purchase?"))
     issued = json.loads(run_cli(server.env, "--json", "create-key", tenant.tenant_id).stdout)
     assert run_cli(server.env, "revoke-key", issued["key_id"]).returncode == 0
-    async with connect(chat_url(server, corpus["chat_id"]), additional_headers={"Authorization": f"Bearer {issued['api_key']}"}) as ws:
+    async with connect(chat_url(server, corpus["chat_id"]), additional_headers=auth(issued["api_key"])) as ws:
         frame = await recv_json(ws)
         assert frame["code"] == 109 and "revoked" in frame["message"]
 
@@ -200,8 +197,7 @@ async def test_binary_frame_closes_with_1003(server, tenant, corpus):
 @pytest.fixture(scope="module")
 def slow_server(server_env, tmp_path_factory):
     """A second server whose offline model blocks its thread 50 ms between words."""
-    env = {**server_env, "RAGSOCKET_OFFLINE_TOKEN_DELAY": "0.05", "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("slow"))}
-    with ServerProcess(env) as process:
+    with ServerProcess(variant_env(server_env, tmp_path_factory, "slow", RAGSOCKET_OFFLINE_TOKEN_DELAY="0.05")) as process:
         yield process
 
 

@@ -18,21 +18,24 @@ import json
 import shutil
 import subprocess
 
-import httpx
 import pytest
 
-from test.support.server import ROOT, ServerProcess, Tenant, make_chat, make_dataset, ok
+from test.support.documents import LAMP_STORY
+from test.support.server import (
+    ROOT,
+    ServerProcess,
+    Tenant,
+    make_chat_over,
+    saved_session_sync,
+    sync_api_client,
+    variant_env,
+)
 
 EXAMPLE = ROOT / "example" / "wechat-miniprogram"
 HARNESS = EXAMPLE / "test"
 NODE = shutil.which("node")
 
 LAMP_GUIDE = "# Lumen lamp guide\n\nThe Lumen lamp uses a 5 watt LED bulb that lasts about 15000 hours.\n"
-LAMP_STORY = (
-    "The Lumen lamp is assembled by hand in Porto and every lamp is tested for eight hours before it ships. "
-    "Its aluminium body is recycled and its LED bulb draws five watts while giving the light of a forty watt bulb. "
-    "The lamp dims smoothly from one percent to full brightness and remembers its last setting after a power cut."
-)
 
 pytestmark = [
     pytest.mark.skipif(NODE is None, reason="node is not installed (the WeChat example test runs the page under Node)"),
@@ -43,29 +46,21 @@ pytestmark = [
 ]
 
 
-def auth(tenant: Tenant) -> dict:
-    return {"Authorization": f"Bearer {tenant.api_key}"}
-
-
 @pytest.fixture(scope="module")
 def wechat_server(server_env, tmp_path_factory):
     """A server whose offline model writes one word every 30 ms, so a drop lands mid-answer."""
-    env = {**server_env, "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("wechat")), "RAGSOCKET_OFFLINE_TOKEN_DELAY": "0.03"}
-    with ServerProcess(env) as process:
+    with ServerProcess(variant_env(server_env, tmp_path_factory, "wechat", RAGSOCKET_OFFLINE_TOKEN_DELAY="0.03")) as process:
         yield process
 
 
 @pytest.fixture(scope="module")
 async def lamp_chat(wechat_server: ServerProcess, tenant: Tenant) -> str:
-    async with httpx.AsyncClient(base_url=wechat_server.api_url, headers=auth(tenant), timeout=30) as api:
-        dataset_id, docs = await make_dataset(api, {"lamp_guide.md": LAMP_GUIDE.encode(), "lamp_story.txt": LAMP_STORY.encode()})
-        assert all(doc["run"] == "DONE" for doc in docs)
-        return (await make_chat(api, [dataset_id]))["id"]
+    return await make_chat_over(wechat_server, tenant, {"lamp_guide.md": LAMP_GUIDE.encode(), "lamp_story.txt": LAMP_STORY.encode()})
 
 
 def run_conversation(server: ServerProcess, tenant: Tenant, chat_id: str) -> dict:
     result = subprocess.run(
-        [NODE, "run-conversation.js", "--url", f"ws://127.0.0.1:{server.port}", "--key", tenant.api_key, "--chat-id", chat_id],
+        [NODE, "run-conversation.js", "--url", server.ws_root, "--key", tenant.api_key, "--chat-id", chat_id],
         cwd=HARNESS,
         capture_output=True,
         text=True,
@@ -99,10 +94,10 @@ def test_mini_program_conversation_with_resume(wechat_server, tenant, lamp_chat)
     assert resumed["last_seq"] > report["dropped_at_seq"]
     assert report["sockets_opened"] == 2 and report["max_open_sockets"] == 1
 
-    with httpx.Client(base_url=wechat_server.api_url, headers=auth(tenant), timeout=30) as api:
-        sessions = ok(api.get(f"/chats/{lamp_chat}/sessions", params={"id": first["session_id"]}))
-    messages = {m["id"]: m for m in sessions[0]["messages"]}
-    assert [m["role"] for m in sessions[0]["messages"]].count("user") == 3, "all three questions in one session"
+    with sync_api_client(wechat_server, tenant) as api:
+        session = saved_session_sync(api, lamp_chat, first["session_id"])
+    messages = {m["id"]: m for m in session["messages"]}
+    assert [m["role"] for m in session["messages"]].count("user") == 3, "all three questions in one session"
     assert messages[first["message_id"]]["content"] == first["text"]
     saved = messages[resumed["message_id"]]
     assert saved["interrupted"] is False, "the resumable answer went on while the socket was down"

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,11 +26,13 @@ from websockets.sync.client import ClientConnection, connect
 
 from test.support.server import (
     ServerProcess,
+    auth,
+    corpus_files,
     create_tenant,
-    make_chat,
-    make_dataset,
+    make_chat_over,
     run_cli,
 )
+from test.support.ws import chat_url
 
 RETURNS_Q = "How many days do I have to return a purchase?"
 QUESTIONS = [RETURNS_Q, "How long does standard shipping take?", "退货政策是什么？", "What does the warranty cover?"]
@@ -56,14 +57,9 @@ async def fuzz_target(server: ServerProcess, corpus_dir: Path) -> dict:
     fuzzer = create_tenant(server.env, "fuzzer")
     issued = run_cli(server.env, "--json", "create-key", fuzzer.tenant_id)
     assert issued.returncode == 0, issued.stderr
-    async with httpx.AsyncClient(
-        base_url=server.api_url, headers={"Authorization": f"Bearer {fuzzer.api_key}"}, timeout=30
-    ) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, _ = await make_dataset(api, files)
-        chat = await make_chat(api, [dataset_id])
+    chat_id = await make_chat_over(server, fuzzer, corpus_files(corpus_dir))
     return {
-        "url": f"{server.ws_url}/ws/chats/{chat['id']}/completions",
+        "url": chat_url(server, chat_id),
         "key": fuzzer.api_key,
         "stream_key": json.loads(issued.stdout)["api_key"],
         "log": server.log_path,
@@ -73,7 +69,7 @@ async def fuzz_target(server: ServerProcess, corpus_dir: Path) -> dict:
 def open_ws(url: str, key: str) -> ClientConnection:
     """An open connection (``connect`` is a context manager; ``close()`` ends it)."""
     return connect(
-        url, additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=10, max_size=None
+        url, additional_headers=auth(key), open_timeout=10, max_size=None
     ).__enter__()
 
 

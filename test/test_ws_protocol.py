@@ -33,13 +33,24 @@ from websockets.exceptions import ConnectionClosed
 from test.support.server import (
     ServerProcess,
     Tenant,
+    api_client,
+    auth,
+    corpus_files,
     create_tenant,
     make_chat,
-    make_dataset,
+    make_corpus,
     ok,
     run_cli,
+    session_messages,
+    variant_env,
 )
-from test.support.ws import content_frames, joined_answer, read_answer, recv_json
+from test.support.ws import (
+    chat_url,
+    content_frames,
+    joined_answer,
+    read_answer,
+    recv_json,
+)
 
 RETURNS_Q = "How many days do I have to return a purchase?"
 SHIPPING_Q = "How long does standard shipping take?"
@@ -54,12 +65,8 @@ async def corpus(server: ServerProcess, tenant: Tenant, corpus_dir: Path) -> dic
     """alice's parsed dataset of the shipped documents and an offline-model chat over it
     (made before the extra servers start: a starting server re-queues documents that
     are still parsing)."""
-    async with httpx.AsyncClient(base_url=server.api_url, headers=auth(tenant.api_key), timeout=30) as api:
-        files = {path.name: path.read_bytes() for path in sorted(corpus_dir.iterdir())}
-        dataset_id, docs = await make_dataset(api, files)
-        assert {d["run"] for d in docs} == {"DONE"}
-        chat = await make_chat(api, [dataset_id])
-    return {"dataset_id": dataset_id, "chat_id": chat["id"]}
+    dataset_id, _, (chat_id,) = await make_corpus(server, tenant, corpus_files(corpus_dir), {})
+    return {"dataset_id": dataset_id, "chat_id": chat_id}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +82,7 @@ async def extra_chats(server: ServerProcess, extra_tenants: dict[str, Tenant]) -
     """A chat without datasets for bob and for carol (answers: the empty response)."""
     chats = {}
     for name, who in extra_tenants.items():
-        async with httpx.AsyncClient(base_url=server.api_url, headers=auth(who.api_key), timeout=30) as api:
+        async with api_client(server, who.api_key) as api:
             chats[name] = (await make_chat(api, []))["id"]
     return chats
 
@@ -83,28 +90,25 @@ async def extra_chats(server: ServerProcess, extra_tenants: dict[str, Tenant]) -
 @pytest.fixture(scope="module")
 def servers(server_env: dict, tmp_path_factory: pytest.TempPathFactory, corpus: dict):
     """The strict and tight servers, started in parallel."""
-    strict_env = {
-        **server_env,
-        "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("strict")),
-        "RAGSOCKET_OFFLINE_TOKEN_DELAY": "0.02",
-        "RAGSOCKET_WS_MAX_MESSAGE_BYTES": "4096",
-        "RAGSOCKET_MAX_QUESTION_CHARS": "1000",
-        "RAGSOCKET_WS_PING_INTERVAL": "0.5",
-        "RAGSOCKET_WS_PONG_TIMEOUT": "1",
-        "RAGSOCKET_WS_ALLOWED_ORIGINS": ALLOWED_ORIGIN,
-        "RAGSOCKET_ACCESS_LOG": "-",
-        "RAGSOCKET_RATE_LIMIT_PER_MINUTE": "1000",
-    }
-    tight_env = {
-        **server_env,
-        "RAGSOCKET_DATA_DIR": str(tmp_path_factory.mktemp("tight")),
-        "RAGSOCKET_OFFLINE_TOKEN_DELAY": "0.15",
-        "RAGSOCKET_WS_IDLE_TIMEOUT": "1",
-        "RAGSOCKET_WS_MAX_CONNECTIONS": "3",
-        "RAGSOCKET_WS_MAX_CONNECTIONS_PER_KEY": "2",
-        "RAGSOCKET_RATE_LIMIT_PER_MINUTE": "3",
-    }
-    strict, tight = ServerProcess(strict_env), ServerProcess(tight_env)
+    strict = ServerProcess(variant_env(
+        server_env, tmp_path_factory, "strict",
+        RAGSOCKET_OFFLINE_TOKEN_DELAY="0.02",
+        RAGSOCKET_WS_MAX_MESSAGE_BYTES="4096",
+        RAGSOCKET_MAX_QUESTION_CHARS="1000",
+        RAGSOCKET_WS_PING_INTERVAL="0.5",
+        RAGSOCKET_WS_PONG_TIMEOUT="1",
+        RAGSOCKET_WS_ALLOWED_ORIGINS=ALLOWED_ORIGIN,
+        RAGSOCKET_ACCESS_LOG="-",
+        RAGSOCKET_RATE_LIMIT_PER_MINUTE="1000",
+    ))
+    tight = ServerProcess(variant_env(
+        server_env, tmp_path_factory, "tight",
+        RAGSOCKET_OFFLINE_TOKEN_DELAY="0.15",
+        RAGSOCKET_WS_IDLE_TIMEOUT="1",
+        RAGSOCKET_WS_MAX_CONNECTIONS="3",
+        RAGSOCKET_WS_MAX_CONNECTIONS_PER_KEY="2",
+        RAGSOCKET_RATE_LIMIT_PER_MINUTE="3",
+    ))
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(ServerProcess.start, [strict, tight]))
     try:
@@ -125,16 +129,8 @@ def tight(servers) -> ServerProcess:
 
 
 # -- helpers --------------------------------------------------------------------------
-def auth(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def chat_url(srv: ServerProcess, chat_id: str) -> str:
-    return f"{srv.ws_url}/ws/chats/{chat_id}/completions"
-
-
 def seed_url(srv: ServerProcess, path: str) -> str:
-    return f"ws://127.0.0.1:{srv.port}/v1/ws/{path}"
+    return f"{srv.ws_root}/v1/ws/{path}"
 
 
 def now_ms() -> int:
@@ -179,10 +175,8 @@ async def pong_ok(ws: ClientConnection) -> None:
 
 
 async def saved_messages(srv: ServerProcess, key: str, chat_id: str, session_id: str) -> list[dict]:
-    async with httpx.AsyncClient(base_url=srv.api_url, headers=auth(key), timeout=30) as api:
-        sessions = ok(await api.get(f"/chats/{chat_id}/sessions", params={"id": session_id}))
-    assert len(sessions) == 1
-    return sessions[0]["messages"]
+    async with api_client(srv, key) as api:
+        return await session_messages(api, chat_id, session_id)
 
 
 def error(code: int, message: str, req_id: str | None = None) -> dict:
@@ -690,12 +684,12 @@ async def test_rate_limit_per_key(tight, extra_tenants, extra_chats):
         assert again[0]["code"] == 429
 
     # HTTP completions draw from the same bucket, both ways
-    async with httpx.AsyncClient(base_url=tight.api_url, headers=auth(carol.api_key), timeout=30) as api:
+    async with api_client(tight, carol.api_key) as api:
         response = await api.post(f"/chats/{extra_chats['carol']}/completions", json={"question": "Is there a lamp?"})
     body = response.json()
     assert body["code"] == 429 and body["data"] is None and "retry in" in body["message"]
     bob = extra_tenants["bob"]
-    async with httpx.AsyncClient(base_url=tight.api_url, headers=auth(bob.api_key), timeout=30) as api:
+    async with api_client(tight, bob.api_key) as api:
         for _ in range(3):
             body = {"question": "Is there a lamp?", "stream": True}
             async with api.stream("POST", f"/chats/{extra_chats['bob']}/completions", json=body) as response:
@@ -708,7 +702,7 @@ async def test_rate_limit_per_key(tight, extra_tenants, extra_chats):
 
 # == 8. browser-safe authentication and redaction ========================================
 async def issue_ticket(srv: ServerProcess, key: str) -> str:
-    async with httpx.AsyncClient(base_url=srv.api_url, headers=auth(key), timeout=30) as api:
+    async with api_client(srv, key) as api:
         data = ok(await api.post("/ws/tickets"))
     assert set(data) == {"ticket", "expires_in"} and data["expires_in"] == 60
     assert isinstance(data["ticket"], str) and data["ticket"]

@@ -154,10 +154,14 @@ def _request(question: str, session_id: str | None, resumable: bool, fields: dic
     return json.dumps(request, ensure_ascii=False)
 
 
-def _refusal(closed: ConnectionClosed) -> AuthenticationError | None:
-    if closed.rcvd is not None and closed.rcvd.code == POLICY_VIOLATION:
-        return AuthenticationError(closed.rcvd.reason, closed.rcvd.code)
-    return None
+# What a reconnection attempt may fail with (and then be tried again, unless refused).
+_RETRYABLE = (ConnectionClosed, OSError, InvalidHandshake, TimeoutError)
+
+
+def _raise_if_refused(error: BaseException) -> None:
+    """Raise :class:`AuthenticationError` when ``error`` is a close 1008 (never retried)."""
+    if isinstance(error, ConnectionClosed) and error.rcvd is not None and error.rcvd.code == POLICY_VIOLATION:
+        raise AuthenticationError(error.rcvd.reason, error.rcvd.code) from error
 
 
 class _Base:
@@ -211,6 +215,50 @@ class _Base:
             self.on_message(text)
         return json.loads(text)
 
+    # The I/O-free part of ``stream()`` and ``_reconnect()``, shared by both clients: they
+    # only add the (sync or awaited) sending, receiving, connecting and sleeping.
+
+    def _start(self) -> _Tracker:
+        """The protocol state of a new request (its answer is ``self.last_answer``)."""
+        tracker = _Tracker()
+        self.last_answer = tracker.answer
+        return tracker
+
+    def _accept(self, tracker: _Tracker, frame: dict) -> bool:
+        """Account for a received frame: True when it is to be yielded; False for a pong,
+        a frame already seen before a resume, or the completion marker (then
+        ``tracker.answer.done`` is set)."""
+        if frame.get("type") == "pong" or not tracker.feed(frame):
+            return False
+        if tracker.answer.session_id:
+            self.session_id = tracker.answer.session_id
+        return not tracker.answer.done
+
+    def _release(self) -> None:
+        """Free the dead connection's socket before reconnecting."""
+        raise NotImplementedError
+
+    def _resume_attempts(self, tracker: _Tracker, cause: BaseException) -> Iterator[tuple[float, str]]:
+        """The reconnections after a drop: ``(delay before it, resume request to send)``
+        for each attempt; the caller stops iterating when one succeeds (and calls
+        :meth:`_resumed`).
+
+        Raises:
+            ConnectionLost: reconnection is off, there is nothing to resume yet, or all
+                ``max_retries`` attempts failed.
+        """
+        resume = tracker.resume_message()
+        if not self.reconnect or resume is None:
+            raise ConnectionLost(f"connection lost before the answer could be resumed: {cause}") from cause
+        self._release()
+        for attempt in range(self.max_retries):
+            yield self._delay(attempt), json.dumps(resume)
+        raise ConnectionLost(f"could not resume after {self.max_retries} attempts: {cause}") from cause
+
+    def _resumed(self, tracker: _Tracker) -> None:
+        self.reconnects += 1
+        tracker.answer.resumes += 1
+
 
 class RagSocketClient(_Base):
     """Synchronous client on ``websockets.sync.client``. Thread-safe for ``stop()``."""
@@ -251,29 +299,22 @@ class RagSocketClient(_Base):
         """An application heartbeat ``{"type": "ping"}`` (answered by a pong frame)."""
         self.connection.send(json.dumps({"type": "ping"}))
 
-    def _reconnect(self, tracker: _Tracker, cause: BaseException) -> None:
-        resume = tracker.resume_message()
-        if not self.reconnect or resume is None:
-            raise ConnectionLost(f"connection lost before the answer could be resumed: {cause}") from cause
-        try:  # release the dead connection's socket
+    def _release(self) -> None:
+        try:
             self.connection.socket.close()
         except (AttributeError, OSError):
             pass
-        for attempt in range(self.max_retries):
-            time.sleep(self._delay(attempt))
+
+    def _reconnect(self, tracker: _Tracker, cause: BaseException) -> None:
+        for delay, resume in self._resume_attempts(tracker, cause):
+            time.sleep(delay)
             try:
                 self.connect()
-                self.connection.send(json.dumps(resume))
-            except ConnectionClosed as closed:
-                if (refused := _refusal(closed)) is not None:
-                    raise refused from closed
+                self.connection.send(resume)
+            except _RETRYABLE as error:
+                _raise_if_refused(error)
                 continue
-            except (OSError, InvalidHandshake, TimeoutError):
-                continue
-            self.reconnects += 1
-            tracker.answer.resumes += 1
-            return
-        raise ConnectionLost(f"could not resume after {self.max_retries} attempts: {cause}") from cause
+            return self._resumed(tracker)
 
     def stream(self, question: str, session_id: str | None = None, resumable: bool = True, **fields: Any) -> Iterator[dict]:
         """Ask and yield the answer's frames (not the completion marker), resuming after drops.
@@ -283,8 +324,7 @@ class RagSocketClient(_Base):
         """
         if self.connection is None:
             self.connect()
-        tracker = _Tracker()
-        self.last_answer = tracker.answer
+        tracker = self._start()
         try:
             self.connection.send(_request(question, session_id, resumable, fields))
         except ConnectionClosed:
@@ -292,23 +332,14 @@ class RagSocketClient(_Base):
         while True:
             try:
                 frame = self._decode(self.connection.recv())
-            except ConnectionClosed as closed:
-                if (refused := _refusal(closed)) is not None:
-                    raise refused from closed
-                self._reconnect(tracker, closed)
-                continue
-            except OSError as error:
+            except (ConnectionClosed, OSError) as error:
+                _raise_if_refused(error)
                 self._reconnect(tracker, error)
                 continue
-            if frame.get("type") == "pong":
-                continue
-            if not tracker.feed(frame):
-                continue
-            if tracker.answer.session_id:
-                self.session_id = tracker.answer.session_id
-            if tracker.answer.done:
+            if self._accept(tracker, frame):
+                yield frame
+            elif tracker.answer.done:
                 return
-            yield frame
 
     def ask(self, question: str, session_id: str | None = None, resumable: bool = True, **fields: Any) -> Answer:
         """Ask and wait for the whole answer."""
@@ -352,29 +383,22 @@ class AsyncRagSocketClient(_Base):
     async def ping(self) -> None:
         await self.connection.send(json.dumps({"type": "ping"}))
 
-    async def _reconnect(self, tracker: _Tracker, cause: BaseException) -> None:
-        resume = tracker.resume_message()
-        if not self.reconnect or resume is None:
-            raise ConnectionLost(f"connection lost before the answer could be resumed: {cause}") from cause
-        try:  # release the dead connection's transport
+    def _release(self) -> None:
+        try:
             self.connection.transport.abort()
         except AttributeError:
             pass
-        for attempt in range(self.max_retries):
-            await asyncio.sleep(self._delay(attempt))
+
+    async def _reconnect(self, tracker: _Tracker, cause: BaseException) -> None:
+        for delay, resume in self._resume_attempts(tracker, cause):
+            await asyncio.sleep(delay)
             try:
                 await self.connect()
-                await self.connection.send(json.dumps(resume))
-            except ConnectionClosed as closed:
-                if (refused := _refusal(closed)) is not None:
-                    raise refused from closed
+                await self.connection.send(resume)
+            except _RETRYABLE as error:
+                _raise_if_refused(error)
                 continue
-            except (OSError, InvalidHandshake, TimeoutError):
-                continue
-            self.reconnects += 1
-            tracker.answer.resumes += 1
-            return
-        raise ConnectionLost(f"could not resume after {self.max_retries} attempts: {cause}") from cause
+            return self._resumed(tracker)
 
     async def stream(
         self, question: str, session_id: str | None = None, resumable: bool = True, **fields: Any
@@ -382,8 +406,7 @@ class AsyncRagSocketClient(_Base):
         """Ask and yield the answer's frames (not the completion marker), resuming after drops."""
         if self.connection is None:
             await self.connect()
-        tracker = _Tracker()
-        self.last_answer = tracker.answer
+        tracker = self._start()
         try:
             await self.connection.send(_request(question, session_id, resumable, fields))
         except ConnectionClosed:
@@ -391,23 +414,14 @@ class AsyncRagSocketClient(_Base):
         while True:
             try:
                 frame = self._decode(await self.connection.recv())
-            except ConnectionClosed as closed:
-                if (refused := _refusal(closed)) is not None:
-                    raise refused from closed
-                await self._reconnect(tracker, closed)
-                continue
-            except OSError as error:
+            except (ConnectionClosed, OSError) as error:
+                _raise_if_refused(error)
                 await self._reconnect(tracker, error)
                 continue
-            if frame.get("type") == "pong":
-                continue
-            if not tracker.feed(frame):
-                continue
-            if tracker.answer.session_id:
-                self.session_id = tracker.answer.session_id
-            if tracker.answer.done:
+            if self._accept(tracker, frame):
+                yield frame
+            elif tracker.answer.done:
                 return
-            yield frame
 
     async def ask(self, question: str, session_id: str | None = None, resumable: bool = True, **fields: Any) -> Answer:
         """Ask and wait for the whole answer."""

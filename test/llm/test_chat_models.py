@@ -19,7 +19,12 @@ from api.rag.llm import (
 from api.rag.llm.offline import split_deltas, split_sentences
 from api.rag.prompt import build_messages, format_knowledge
 from common.constants import DEFAULT_SYSTEM_PROMPT, OFFLINE_MODEL_NAME
-from test.support.openai_server import SLOW_CHUNKS, SLOW_INTERVAL, OpenAITestServer, echo_answer
+from test.support.openai_server import (
+    SLOW_CHUNKS,
+    SLOW_INTERVAL,
+    OpenAITestServer,
+    echo_answer,
+)
 
 CHUNKS = [
     {

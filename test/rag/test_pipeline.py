@@ -18,41 +18,9 @@ from api.rag.index import BM25Index
 from api.rag.parsers import ParseError, parse_document
 from api.rag.tokenizer import count_tokens, tokenize
 from common.constants import SUPPORTED_SUFFIXES
+from test.support.documents import docx_bytes, make_pdf
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_pdf(*lines: str) -> bytes:
-    """Return a minimal valid one-page PDF showing ``lines`` in Helvetica 12pt."""
-    ops = ["BT", "/F1 12 Tf", "14 TL", "72 720 Td"]
-    for line in lines:
-        escaped = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-        ops.append(f"({escaped}) Tj T*")
-    ops.append("ET")
-    stream = "\n".join(ops).encode("latin-1")
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-        b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-    ]
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref_at = len(out)
-    out += b"xref\n0 %d\n" % (len(objects) + 1)
-    out += b"0000000000 65535 f \n"  # each entry is exactly 20 bytes
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref_at,
-    )
-    return bytes(out)
 
 
 def make_docx() -> bytes:
@@ -66,9 +34,7 @@ def make_docx() -> bytes:
     table.cell(1, 0).text = "X100"
     table.cell(1, 1).text = "3"
     document.add_paragraph("Batteries are excluded.")
-    buffer = io.BytesIO()
-    document.save(buffer)
-    return buffer.getvalue()
+    return docx_bytes(document)
 
 
 def build_index(passages: dict[str, str]) -> BM25Index:

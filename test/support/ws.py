@@ -1,14 +1,27 @@
-"""WebSocket helpers for tests: read the frames of one request."""
+"""WebSocket helpers for tests: the answer URLs, and reading the frames of one request."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection
 
+if TYPE_CHECKING:
+    from test.support.server import ServerProcess
+
 FRAME_TIMEOUT = 20.0
+
+
+def chat_url(server: ServerProcess, chat_id: str) -> str:
+    """The answer WebSocket of a chat."""
+    return f"{server.ws_url}/ws/chats/{chat_id}/completions"
+
+
+def agent_url(server: ServerProcess, agent_id: str) -> str:
+    """The answer WebSocket of an agent."""
+    return f"{server.ws_url}/ws/agents/{agent_id}/completions"
 
 
 async def recv_json(ws: ClientConnection, timeout: float = FRAME_TIMEOUT) -> Any:

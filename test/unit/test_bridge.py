@@ -240,17 +240,22 @@ async def consume_forever(pool: WorkerPool, probe: Probe, received: list[int], r
                 await asyncio.Event().wait()
 
 
+async def cancel(task: asyncio.Task) -> float:
+    """Cancel the consumer ``task``; it must end with CancelledError. Returns how long that took."""
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return time.monotonic() - started
+
+
 async def test_cancelling_the_consumer_while_it_awaits_an_item(pool):
     probe = Probe(park_after=2)  # two items, then waits for the stop flag
     received: list[int] = []
     task = asyncio.create_task(consume_forever(pool, probe, received))
     await wait_until(lambda: len(received) == 2)
     await asyncio.sleep(0.05)
-    started = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert time.monotonic() - started < PROMPT
+    assert await cancel(task) < PROMPT
     probe.assert_cleaned_in_worker()
 
 
@@ -261,11 +266,7 @@ async def test_cancelling_the_consumer_while_the_worker_is_blocked_on_a_full_buf
     await wait_until(lambda: probe.produced == CAPACITY + 2)
     await asyncio.sleep(0.05)
     assert not probe.cleaned.is_set()
-    started = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert time.monotonic() - started < PROMPT
+    assert await cancel(task) < PROMPT
     probe.assert_cleaned_in_worker()
     assert received == [0]
 
@@ -275,9 +276,7 @@ async def test_failing_cleanup_does_not_swallow_cancellation(pool):
     received: list[int] = []
     task = asyncio.create_task(consume_forever(pool, probe, received, read=1))
     await wait_until(lambda: probe.produced == CAPACITY + 2)  # the worker waits on a full buffer
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel(task)
 
 
 # -- the event loop stays free -----------------------------------------------------
