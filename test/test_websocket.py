@@ -109,6 +109,24 @@ async def test_multi_turn_on_one_connection_sends_history(server, tenant, api, o
     assert [m["role"] for m in messages] == ["assistant", "user", "assistant", "user", "assistant"]
 
 
+@pytest.mark.parametrize("refine_multiturn", [True, False])
+async def test_follow_up_retrieves_with_the_earlier_question(server, tenant, corpus, api, refine_multiturn):
+    # "How long does it last?" shares no word with the documents: only the earlier
+    # question of the session ("... lamp warranty?") can find the warranty passage.
+    chat = await make_chat(api, [corpus["dataset_id"]], prompt={"refine_multiturn": refine_multiturn})
+    assert chat["prompt"]["refine_multiturn"] is refine_multiturn
+    async with connect(chat_url(server, chat["id"]), additional_headers=auth(tenant)) as ws:
+        first = await ask(ws, "How long is the lamp warranty?")
+        session_id = content_frames(first)[-1]["data"]["session_id"]
+        second = await ask(ws, "How long does it last?", session_id=session_id)
+    final = content_frames(second)[-1]["data"]
+    names = {chunk["document_name"] for chunk in final["reference"]["chunks"]}
+    if refine_multiturn:
+        assert "two-year warranty" in joined_answer(second) and names == {"warranty.txt"}
+    else:
+        assert joined_answer(second) == chat["prompt"]["empty_response"] and not names
+
+
 @pytest.mark.parametrize(
     ("payload", "code", "fragment"),
     [

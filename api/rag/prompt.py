@@ -6,6 +6,11 @@ Sources:
   one entry per retrieved chunk, ``ID: i`` then a tree of ``Title`` and ``Content``;
   the answer cites chunk ``i`` with the ``[ID:i]`` marker.
 * The messages are OpenAI chat-completion messages (``{"role", "content"}``).
+* The retrieval question of a follow-up plays the part of RAGFlow's
+  ``refine_multiturn`` (``prompt_config.refine_multiturn`` in ``api/db/services/
+  dialog_service.py`` there), without asking a model to rewrite the question: the
+  earlier user questions are put before the new one, so that "and how long does it
+  last?" still finds the passage the conversation is about.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from common.constants import MessageRole
 
 KNOWLEDGE_PLACEHOLDER = "{knowledge}"
 _HISTORY_ROLES = (MessageRole.USER.value, MessageRole.ASSISTANT.value)
+#: Earlier user questions joined to a follow-up for retrieval (RAGFlow looks at 3 in all).
+RETRIEVAL_EARLIER_QUESTIONS = 2
 
 
 def format_knowledge(chunks: list[dict]) -> str:
@@ -76,3 +83,20 @@ def build_messages(system_template: str, chunks: list[dict], history: list[dict]
         *_history_messages(history),
         {"role": MessageRole.USER.value, "content": question},
     ]
+
+
+def retrieval_question(question: str, history: list[dict], earlier: int = RETRIEVAL_EARLIER_QUESTIONS) -> str:
+    """The text to retrieve with for ``question`` asked after ``history``.
+
+    Args:
+        question: the new user question.
+        history: earlier turns, oldest first, ``{"role", "content"}``.
+        earlier: how many of the most recent earlier user questions to include (>= 0).
+
+    Returns:
+        The earlier user questions, oldest first, then ``question``, one per line;
+        just ``question`` when there is no earlier user question or ``earlier`` is 0.
+    """
+    asked = [str(turn.get("content") or "") for turn in history if turn.get("role") == MessageRole.USER.value]
+    kept = [text for text in asked[-earlier:] if text.strip()] if earlier > 0 else []
+    return "\n".join([*kept, question])

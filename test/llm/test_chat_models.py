@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from api.rag.llm import (
     get_chat_model,
 )
 from api.rag.llm.offline import split_deltas, split_sentences
-from api.rag.prompt import build_messages, format_knowledge
+from api.rag.prompt import build_messages, format_knowledge, retrieval_question
 from common.constants import DEFAULT_SYSTEM_PROMPT, OFFLINE_MODEL_NAME
 from test.support.openai_server import (
     SLOW_CHUNKS,
@@ -143,6 +144,46 @@ def test_offline_empty_response_when_nothing_matches():
     assert "".join(collect(OfflineChatModel(), request)) == "Sorry, nothing relevant."
     no_chunks = make_request("reset password", chunks=[], empty="Empty KB.")
     assert "".join(collect(OfflineChatModel(), no_chunks)) == "Empty KB."
+
+
+HISTORY = [
+    {"role": "user", "content": "first?"},
+    {"role": "assistant", "content": "one [ID:0]"},
+    {"role": "user", "content": "second?"},
+    {"role": "assistant", "content": "two"},
+    {"role": "user", "content": "third?"},
+]
+
+
+@pytest.mark.parametrize(
+    ("history", "earlier", "expected"),
+    [
+        ([], 2, "new?"),
+        (HISTORY, 2, "second?\nthird?\nnew?"),
+        (HISTORY, 5, "first?\nsecond?\nthird?\nnew?"),
+        (HISTORY, 0, "new?"),
+        ([{"role": "assistant", "content": "Hi! I'm your assistant."}], 2, "new?"),
+        ([{"role": "user", "content": "  "}, {"role": "user", "content": "kept?"}], 2, "kept?\nnew?"),
+    ],
+)
+def test_retrieval_question_puts_earlier_user_questions_first(history, earlier, expected):
+    assert retrieval_question("new?", history, earlier) == expected
+
+
+def offline_answer(question: str, retrieval: str) -> str:
+    request = dataclasses.replace(make_request(question), retrieval_question=retrieval)
+    return "".join(collect(OfflineChatModel(), request))
+
+
+def test_offline_follow_up_falls_back_to_the_earlier_question():
+    # "When does it run out?" shares no word with any sentence; the earlier question does.
+    answer = offline_answer("When does it run out?", "How do I reset my password?\nWhen does it run out?")
+    assert "To reset a password, open Settings and click Reset password. [ID:1]" in answer
+
+
+def test_offline_follow_up_on_a_new_topic_answers_the_new_question():
+    answer = offline_answer("And billing?", "How do I reset my password?\nAnd billing?")
+    assert answer == "Billing happens monthly. [ID:0]"
 
 
 def test_offline_chinese_question_gets_chinese_sentence():

@@ -60,6 +60,7 @@ class PromptSettings(StrictModel):
     similarity_threshold: float | None = Field(None, ge=0.0, le=1.0)
     keywords_similarity_weight: float | None = Field(None, ge=0.0, le=1.0)
     show_quote: bool | None = None
+    refine_multiturn: bool | None = None
 
 
 class ChatFields(StrictModel):

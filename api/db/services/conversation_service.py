@@ -23,7 +23,7 @@ from api.db.services.dialog_service import get_chat
 from api.db.services.retrieval_service import retrieve
 from api.db.services.session_store import SessionStore
 from api.rag.llm import ChatRequest, get_chat_model
-from api.rag.prompt import build_messages
+from api.rag.prompt import build_messages, retrieval_question
 from api.runtime import get_runtime
 from common.errors import ArgumentError
 
@@ -67,6 +67,14 @@ class _Turn:
     dataset_ids: list[str]
     document_ids: list[str] | None
     message_id: str = field(default_factory=get_uuid)
+
+    @property
+    def retrieval_question(self) -> str:
+        """What to retrieve with: the question, after the earlier ones when the chat's
+        ``refine_multiturn`` setting is on (the default)."""
+        if not self.dialog.prompt_config.get("refine_multiturn", True):
+            return self.question
+        return retrieval_question(self.question, self.history)
 
 
 # -- sessions ----------------------------------------------------------------------
@@ -191,7 +199,7 @@ def _reference(turn: _Turn) -> dict:
     if not turn.dataset_ids:
         return dict(EMPTY_REFERENCE)
     found = retrieve(
-        turn.question,
+        turn.retrieval_question,
         turn.dataset_ids,
         turn.document_ids,
         similarity_threshold=float(prompt.get("similarity_threshold", 0.2)),
@@ -218,6 +226,7 @@ def _deltas(turn: _Turn, reference: dict, cancel: threading.Event) -> Iterator[s
         temperature=llm.get("temperature"),
         top_p=llm.get("top_p"),
         max_tokens=llm.get("max_tokens"),
+        retrieval_question=turn.retrieval_question,
     )
     yield from model.stream(request, cancel)
 

@@ -41,6 +41,7 @@ DEFAULT_PROMPT = {
     "similarity_threshold": DEFAULT_SIMILARITY_THRESHOLD,
     "keywords_similarity_weight": 1.0,
     "show_quote": True,
+    "refine_multiturn": True,
 }
 #: SDK name → stored name, for the fields whose names differ.
 PROMPT_SDK_NAMES = {"prompt": "system", "opener": "prologue"}

@@ -20,6 +20,8 @@ class ChatRequest:
         temperature: sampling temperature (0..2); ``None`` leaves the model default.
         top_p: nucleus sampling mass (0..1); ``None`` leaves the model default.
         max_tokens: cap on answer tokens; ``None`` leaves the model default.
+        retrieval_question: the text the chunks were retrieved with (see
+            :func:`api.rag.prompt.retrieval_question`); empty means ``question``.
     """
 
     question: str
@@ -29,6 +31,7 @@ class ChatRequest:
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    retrieval_question: str = ""
 
 
 class ChatModelError(RuntimeError):

@@ -1,7 +1,8 @@
 """The built-in offline chat model: an extractive answer from the retrieved chunks.
 
 It needs no weights and no network, so the service answers out of the box. It picks
-the sentences of the retrieved chunks that share the most words with the question,
+the sentences of the retrieved chunks that share the most words with the question
+(or, for a follow-up whose own words match nothing, with the earlier questions too),
 cites each with its chunk's ``[ID:i]`` marker (RAGFlow's citation format) and streams
 the answer word by word.
 """
@@ -90,8 +91,15 @@ def select_sentences(chunks: list[dict], question: str, limit: int = MAX_SENTENC
 
 
 def compose_answer(request: ChatRequest) -> str:
-    """The full offline answer: cited sentences, or ``request.empty_response``."""
+    """The full offline answer: cited sentences, or ``request.empty_response``.
+
+    Sentences are picked by the question's own words; only when none matches (a
+    follow-up such as "how long does it last?") are they picked by the retrieval
+    question, which carries the earlier questions of the session.
+    """
     sentences = select_sentences(request.chunks, request.question)
+    if not sentences and request.retrieval_question:
+        sentences = select_sentences(request.chunks, request.retrieval_question)
     if not sentences:
         return request.empty_response
     return " ".join(f"{sentence.text} [ID:{sentence.chunk}]" for sentence in sentences)
