@@ -82,6 +82,10 @@ def test_calculator_evaluates_arithmetic(expression, expected):
         ("1 < 2", "not an arithmetic expression"),
         ("1 / 0", "division by zero"),
         ("9 ** 9 ** 9", "too large"),
+        ("(1).to_bytes(10 ** 9)", "not an arithmetic expression"),  # "_" is refused
+        ("pi.real", "not a valid arithmetic expression"),  # no attribute access
+        ("(2).conjugate()", "not a valid arithmetic expression"),  # nor method calls
+        ("x.__class__", "not an arithmetic expression"),
         ("2 +", "not a valid arithmetic expression"),
         ("x" * 300, "1 to 256 characters"),
     ],
@@ -219,6 +223,25 @@ def test_url_prefix_matching():
     assert not url_allowed("https://api.example.com:8443/v1/items", prefixes)
     assert not url_allowed("https://user@api.example.com/v1/items", prefixes)
     assert not url_allowed("http://api.example.com/v1/items", prefixes)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://api.example.com/v1/../admin", False),  # httpx sends /admin
+        ("https://api.example.com/v1/./items", True),  # sent as /v1/items
+        ("https://api.example.com/v1/%2e%2e/admin", False),  # a server may decode it
+        ("https://api.example.com/v1/a%2Fb", False),
+        ("https://api.example.com/v1x", False),  # prefix /v1 ends at a "/" boundary
+        ("https://api.example.com/v1", True),
+        ("https://api.example.com/v1/items", True),
+        ("https://api.example.com/v2/items", False),
+        ("https://API.example.com/v1/items", True),
+        ("not a url at all", False),
+    ],
+)
+def test_url_prefix_is_checked_on_the_path_that_is_sent(url, allowed):
+    assert url_allowed(url, ["https://api.example.com/v1"]) is allowed
 
 
 # -- toolset and MCP -----------------------------------------------------------------

@@ -174,7 +174,7 @@ _FUNCTIONS = {
 }
 _NAMES = {"pi": math.pi, "e": math.e}
 #: Characters an arithmetic expression may hold (letters only for function/constant names).
-_EXPRESSION_CHARS = re.compile(r"[0-9a-z_.,+\-*/%^()\s]+")
+_EXPRESSION_CHARS = re.compile(r"[0-9a-z.,+\-*/%^()\s]+")
 
 
 def evaluate(expression: str) -> int | float:
@@ -192,6 +192,8 @@ def evaluate(expression: str) -> int | float:
     if not _EXPRESSION_CHARS.fullmatch(text):
         raise ToolError("not an arithmetic expression: only numbers, operators, parentheses and math functions are allowed")
     evaluator = simpleeval.SimpleEval(operators=_OPERATORS, functions=_FUNCTIONS, names=_NAMES)
+    # No attribute access: "(1).to_bytes(10**9)" would call a method of int.
+    del evaluator.nodes[ast.Attribute]
     try:
         result = evaluator.eval(text)
     except ToolError:
@@ -290,19 +292,42 @@ def resolve_checked(host: str, port: int, allow_private: bool) -> str:
     return str(addresses[0])
 
 
+#: Percent-encoded ".", "/" and "\\" in a path: servers may decode them into dot
+#: segments or separators after our check, so such paths are refused outright.
+_ENCODED_PATH_SEPARATORS = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+
+
+def _path_within(path: str, prefix_path: str) -> bool:
+    """``path`` equals ``prefix_path`` or lies below it at a ``/`` boundary."""
+    if not prefix_path or prefix_path.endswith("/"):
+        return path.startswith(prefix_path)
+    return path == prefix_path or path.startswith(prefix_path + "/")
+
+
 def url_allowed(url: str, prefixes: list[str]) -> bool:
-    """True when ``url`` has the scheme, host and port of a prefix and its path starts
-    with the prefix's path (so ``https://api.example.com`` does not admit
-    ``https://api.example.com.evil.org``)."""
-    target = urlsplit(url)
+    """True when ``url`` has the scheme, host and port of a prefix and its path lies
+    under the prefix's path.
+
+    The path compared is the one httpx sends, with dot segments removed (RFC 3986
+    section 5.2.4), so ``/api/../admin`` is ``/admin``; a path holding an encoded
+    ``.``, ``/`` or ``\\`` is refused; ``/api`` admits ``/api`` and ``/api/x`` but
+    not ``/apix``; ``https://api.example.com`` does not admit
+    ``https://api.example.com.evil.org``; URLs with credentials are refused.
+    """
+    try:
+        sent = httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    path = sent.raw_path.decode("ascii").split("?", 1)[0]
+    if sent.userinfo or _ENCODED_PATH_SEPARATORS.search(path):
+        return False
     for prefix in prefixes:
         allowed = urlsplit(prefix)
         if (
-            target.scheme == allowed.scheme
-            and (target.hostname or "") == (allowed.hostname or "").lower()
-            and target.port == allowed.port
-            and target.path.startswith(allowed.path)
-            and not target.username and not target.password
+            sent.scheme == allowed.scheme
+            and sent.host == (allowed.hostname or "").lower()
+            and sent.port == allowed.port
+            and _path_within(path, allowed.path)
         ):
             return True
     return False
