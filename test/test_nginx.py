@@ -165,3 +165,11 @@ async def test_idle_websocket_is_not_cut(proxy, owner, chat_id):
         assert pong["type"] == "pong" and pong["req_id"] == "after-idle"
         frames = await ask(ws, QUESTION)
     assert frames[-1]["data"] is True and "30 days" in joined_answer(frames)
+
+
+async def test_metrics_are_not_exposed_through_nginx(proxy, slow_server):
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert (await client.get(f"http://{proxy}/metrics")).status_code == 404
+        assert (await client.get(f"http://{proxy}/api/v1/health")).status_code == 200
+        direct = await client.get(f"http://127.0.0.1:{slow_server.port}/metrics")
+    assert direct.status_code == 200 and "ragsocket_" in direct.text

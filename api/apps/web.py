@@ -1,11 +1,9 @@
 """``GET /demo/``: the browser demo page ``example/websocket/index.html``.
 
 The page is one self-contained HTML file (inline CSS and JavaScript). It is read at
-request time, so an edited page shows on the next reload. It is looked up next to
-the source tree (``<repo>/example/websocket/index.html``) and then under the current
-working directory, so it is found from a checkout or an editable install started
-anywhere, and from a regular install started in the repository. When it is found
-nowhere the route answers 404 with an error envelope naming the places it looked.
+request time, so an edited page shows on the next reload; where it is looked for is
+:mod:`api.utils.resources`. When it is found nowhere the route answers 404 with an
+error envelope naming the places it looked.
 
 The response carries a Content-Security-Policy that allows only the page's own
 inline script and style (by their SHA-256 hashes) and connections to any HTTP(S) or
@@ -22,25 +20,13 @@ from pathlib import Path
 from quart import Blueprint, Response
 
 from api.utils.api_utils import error_result, run_blocking
+from api.utils.resources import find_resource, resource_candidates
 from common.constants import RetCode
 
 manager = Blueprint("web", __name__)
 
 PAGE_RELATIVE = Path("example") / "websocket" / "index.html"
-#: Where the page is looked for, in order.
-PAGE_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / PAGE_RELATIVE,
-    PAGE_RELATIVE,  # relative to the working directory at request time
-)
 _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
-
-
-def find_page() -> Path | None:
-    """The first candidate path that is a file, or ``None``."""
-    for candidate in PAGE_CANDIDATES:
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def content_security_policy(html: str) -> str:
@@ -65,7 +51,7 @@ def content_security_policy(html: str) -> str:
 
 def _read_page() -> tuple[Path | None, str]:
     """The page's path and text, or ``(None, "")`` when it is found nowhere (blocking)."""
-    path = find_page()
+    path = find_resource(PAGE_RELATIVE)
     return (path, path.read_text(encoding="utf-8")) if path else (None, "")
 
 
@@ -80,7 +66,7 @@ async def demo_page():
     """The demo page, or 404 with the paths searched when the file is missing."""
     path, html = await run_blocking(_read_page)
     if path is None:
-        searched = ", ".join(str(c) for c in PAGE_CANDIDATES)
+        searched = ", ".join(str(c) for c in resource_candidates(PAGE_RELATIVE))
         return error_result(
             RetCode.NOT_FOUND,
             f"the web demo page is not installed: {PAGE_RELATIVE} was not found (looked in: {searched}); "
