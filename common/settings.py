@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -93,8 +94,20 @@ class Settings(BaseSettings):
         False, description="Agents' http_request tool may reach private, loopback and link-local addresses."
     )
     agent_mcp_commands: str = Field(
-        "", description="Comma-separated commands agents may start as MCP stdio servers (empty: none)."
+        "",
+        description=(
+            "Command lines agents may start as MCP stdio servers, comma-separated (commas inside quotes belong to "
+            "the entry); each entry is a command and its arguments, split like a POSIX shell (shlex.split), and "
+            "allows exactly that token list, e.g. `/usr/bin/python3 /opt/mcp/server.py, npx -y "
+            "@modelcontextprotocol/server-everything` (empty: stdio MCP servers disabled; see docs/agents.md)."
+        ),
     )
+
+    @field_validator("agent_mcp_commands")
+    @classmethod
+    def _check_mcp_commands(cls, value: str) -> str:
+        split_command_lines(value)
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -130,9 +143,9 @@ class Settings(BaseSettings):
         return value.upper()
 
     @property
-    def agent_mcp_command_set(self) -> frozenset[str]:
-        """The MCP command allow list, as a set."""
-        return frozenset(c.strip() for c in self.agent_mcp_commands.split(",") if c.strip())
+    def agent_mcp_command_lines(self) -> frozenset[tuple[str, ...]]:
+        """The MCP stdio allow list: each allowed command line as its token list."""
+        return frozenset(split_command_lines(self.agent_mcp_commands))
 
     @property
     def llm_configured(self) -> bool:
@@ -155,6 +168,48 @@ class Settings(BaseSettings):
             name = os.environ.get("MYSQL_DBNAME", "ragsocket")
             return f"mysql://{user}:{password}@{host}:{port}/{name}"
         return f"sqlite:///{(self.data_dir / 'ragsocket.db').resolve()}"
+
+
+def split_command_lines(value: str) -> list[tuple[str, ...]]:
+    """The command lines of an allow list such as ``RAGSOCKET_AGENT_MCP_COMMANDS``.
+
+    Entries are separated by commas outside quotes; each is split into tokens like a
+    POSIX shell does (:func:`shlex.split`: quotes group, a backslash escapes), so
+    ``/usr/bin/python3 "/opt/my server.py", npx -y pkg`` holds
+    ``("/usr/bin/python3", "/opt/my server.py")`` and ``("npx", "-y", "pkg")``.
+    Blank entries are skipped.
+
+    Raises:
+        ValueError: a quote is not closed, or an entry's command is empty.
+    """
+    entries: list[str] = []
+    current: list[str] = []
+    quote = ""
+    escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ",":
+            entries.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    entries.append("".join(current))
+    lines = []
+    for number, entry in enumerate(entries, start=1):
+        if not entry.strip():
+            continue
+        tokens = tuple(shlex.split(entry))  # ValueError: "No closing quotation" …
+        if not tokens[0]:
+            raise ValueError(f"entry {number} ({entry.strip()!r}) has an empty command")
+        lines.append(tokens)
+    return lines
 
 
 def parse_database_url(url: str) -> dict[str, Any]:
