@@ -99,7 +99,7 @@ class Settings(BaseSettings):
             "Command lines agents may start as MCP stdio servers, comma-separated (commas inside quotes belong to "
             "the entry); each entry is a command and its arguments, split like a POSIX shell (shlex.split), and "
             "allows exactly that token list, e.g. `/usr/bin/python3 /opt/mcp/server.py, npx -y "
-            "@modelcontextprotocol/server-everything` (empty: stdio MCP servers disabled; see docs/agents.md)."
+            "@modelcontextprotocol/server-filesystem /srv/docs` (empty: stdio MCP servers disabled; see docs/agents.md)."
         ),
     )
 
@@ -205,7 +205,10 @@ def split_command_lines(value: str) -> list[tuple[str, ...]]:
     for number, entry in enumerate(entries, start=1):
         if not entry.strip():
             continue
-        tokens = tuple(shlex.split(entry))  # ValueError: "No closing quotation" …
+        try:
+            tokens = tuple(shlex.split(entry))
+        except ValueError as error:  # "No closing quotation", "No escaped character"
+            raise ValueError(f"entry {number} ({entry.strip()!r}) is not a command line: {error}") from None
         if not tokens[0]:
             raise ValueError(f"entry {number} ({entry.strip()!r}) has an empty command")
         lines.append(tokens)

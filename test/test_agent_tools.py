@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shlex
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from mcp.shared.exceptions import MCPError
 from websockets.asyncio.client import connect
 
 from api.agent.dsl import (
@@ -24,6 +26,7 @@ from api.agent.dsl import (
     from_ragflow_canvas,
     parse_definition,
 )
+from api.agent.mcp_client import McpClient, describe_failure, leaf_exceptions
 from api.agent.tools import (
     CalculatorToolImpl,
     CurrentTimeToolImpl,
@@ -31,6 +34,7 @@ from api.agent.tools import (
     ToolConfig,
     ToolError,
     Toolset,
+    check_mcp_commands,
     evaluate,
     resolve_checked,
     url_allowed,
@@ -51,6 +55,7 @@ from api.streaming.agent_frames import (
     agent_sse_event,
 )
 from common.errors import ArgumentError, DataError
+from common.settings import SettingsError, load_settings, split_command_lines
 from test.support.agents import MCP_SERVER, ragflow_canvas, serve_http
 from test.support.server import (
     ServerProcess,
@@ -253,9 +258,13 @@ def test_toolset_turns_failures_into_error_results():
     assert [s["function"]["name"] for s in toolset.schemas()] == ["calculator"]
 
 
-def mcp_toolset(commands: frozenset[str], timeout: float = 10) -> Toolset:
-    definition = parse_definition({"tools": [{"type": "mcp", "command": sys.executable, "args": [MCP_SERVER], "timeout": timeout}]})
-    return Toolset(definition, ToolConfig(mcp_commands=commands), retrieve=None)
+#: The echo MCP server's command line, as RAGSOCKET_AGENT_MCP_COMMANDS allows it.
+ECHO_LINE = (sys.executable, MCP_SERVER)
+
+
+def mcp_toolset(allowed: frozenset[tuple[str, ...]], timeout: float = 10, command: str = sys.executable, args: tuple[str, ...] = (MCP_SERVER,)) -> Toolset:
+    definition = parse_definition({"tools": [{"type": "mcp", "command": command, "args": list(args), "timeout": timeout}]})
+    return Toolset(definition, ToolConfig(mcp_command_lines=allowed), retrieve=None)
 
 
 def check_echo_server_tools(toolset: Toolset, text: str, sleep_seconds: float) -> None:
@@ -279,13 +288,156 @@ def check_echo_server_tools(toolset: Toolset, text: str, sleep_seconds: float) -
 
 
 def test_mcp_tools_listed_and_called():
-    check_echo_server_tools(mcp_toolset(frozenset({sys.executable})), "hi", sleep_seconds=5)
+    check_echo_server_tools(mcp_toolset(frozenset({ECHO_LINE})), "hi", sleep_seconds=5)
 
 
-def test_mcp_command_not_allowed_is_not_started():
-    toolset = mcp_toolset(frozenset())
-    assert toolset.schemas() == []
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        frozenset(),
+        frozenset({(sys.executable,)}),  # the command alone does not allow arguments
+        frozenset({(sys.executable, MCP_SERVER, "--transport", "stdio")}),  # nor fewer arguments
+        frozenset({(MCP_SERVER, sys.executable)}),  # nor the same tokens in another order
+    ],
+)
+def test_mcp_command_line_not_allowed_is_not_started(allowed, caplog):
+    toolset = mcp_toolset(allowed)
+    with caplog.at_level(logging.WARNING, logger="api.agent.tools"):
+        assert toolset.schemas() == []
     assert toolset.call("echo", {"text": "hi"}, 5).status == "error"
+    assert f"agent MCP server command line `{shlex.join(ECHO_LINE)}` is not allowed by RAGSOCKET_AGENT_MCP_COMMANDS" in caplog.text
+
+
+def test_interpreter_allowed_with_its_script_cannot_run_other_code(tmp_path):
+    """The review's case: with python3 allowed for one server, ``-c <code>`` is refused."""
+    marker = tmp_path / "ran"
+    definition = parse_definition({"tools": [{"type": "mcp", "command": sys.executable, "args": ["-c", f"open({str(marker)!r}, 'w')"]}]})
+    with pytest.raises(ArgumentError) as raised:
+        check_mcp_commands(definition, frozenset({ECHO_LINE}))
+    assert raised.value.code == 101
+    toolset = Toolset(definition, ToolConfig(mcp_command_lines=frozenset({ECHO_LINE})), retrieve=None)
+    assert toolset.schemas() == []
+    toolset.close()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "lines"),
+    [
+        ("", []),
+        (" , ,", []),
+        ("/usr/bin/python3", [("/usr/bin/python3",)]),
+        ("/usr/bin/python3 /opt/mcp/server.py, npx -y @modelcontextprotocol/server-filesystem /srv/docs",
+         [("/usr/bin/python3", "/opt/mcp/server.py"), ("npx", "-y", "@modelcontextprotocol/server-filesystem", "/srv/docs")]),
+        ("""python3 "/opt/my server.py" 'a,b', node x\\,y\\ z""", [("python3", "/opt/my server.py", "a,b"), ("node", "x,y z")]),
+        ("""cmd "say \\"hi, there\\"" """, [("cmd", 'say "hi, there"')]),
+    ],
+)
+def test_mcp_allow_list_entries_are_command_lines(value, lines):
+    assert split_command_lines(value) == lines
+    assert load_settings(agent_mcp_commands=value).agent_mcp_command_lines == frozenset(lines)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('ok, x "y', "RAGSOCKET_AGENT_MCP_COMMANDS: Value error, entry 2 ('x \"y') is not a command line: No closing quotation"),
+        ('"" x', "RAGSOCKET_AGENT_MCP_COMMANDS: Value error, entry 1 ('\"\" x') has an empty command"),
+    ],
+)
+def test_mcp_allow_list_malformed_names_the_setting(value, message):
+    with pytest.raises(SettingsError) as raised:
+        load_settings(agent_mcp_commands=value)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_definition_with_a_command_line_not_allowed_is_refused():
+    python_c = {"type": "mcp", "command": "/usr/bin/python3", "args": ["-c", "import os; os.system('id')"]}
+    server = {"type": "mcp", "command": "/usr/bin/python3", "args": ["/opt/mcp/server.py"]}
+    http = {"type": "mcp", "transport": "streamable_http", "url": "https://mcp.example.com/mcp"}
+    allowed = frozenset(split_command_lines("/usr/bin/python3 /opt/mcp/server.py"))
+    check_mcp_commands(parse_definition({"tools": [http, server]}), allowed)
+    check_mcp_commands(parse_definition({"tools": [http]}), frozenset())  # no allow-list for HTTP servers
+    with pytest.raises(ArgumentError) as raised:
+        check_mcp_commands(parse_definition({"tools": [http, server, python_c]}), allowed)
+    assert (raised.value.code, raised.value.message) == (101, (
+        "`dsl.tools.2.mcp`: the command line `/usr/bin/python3 -c 'import os; os.system('\"'\"'id'\"'\"')'` "
+        "is not allowed by RAGSOCKET_AGENT_MCP_COMMANDS (an entry must equal the command and all its arguments exactly)"
+    ))
+    with pytest.raises(ArgumentError) as raised:
+        check_mcp_commands(parse_definition({"tools": [server]}), frozenset())
+    assert raised.value.message == (
+        "`dsl.tools.0.mcp`: the command line `/usr/bin/python3 /opt/mcp/server.py` is not allowed by "
+        "RAGSOCKET_AGENT_MCP_COMMANDS (it is empty, so stdio MCP servers are disabled on this server)"
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "DYLD_INSERT_LIBRARIES", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
+     "pythonpath", "NODE_OPTIONS", "NODE_PATH", "PATH", "HOME", "BASH_ENV", "ENV", "PERL5OPT", "RUBYOPT",
+     "BASH_FUNC_ls", "npm_config_registry", "GCONV_PATH", "JAVA_TOOL_OPTIONS", "UV_INDEX_URL", "PIP_INDEX_URL"],
+)
+def test_mcp_env_that_changes_how_a_program_runs_is_refused(name):
+    with pytest.raises(ArgumentError) as raised:
+        parse_definition({"tools": [{"type": "mcp", "command": "server", "env": {"LOG_LEVEL": "info", name: "x"}}]})
+    assert raised.value.message == (
+        f"`dsl.tools.0.mcp.env`: {name} may not be set: it changes how the server's program is loaded or run "
+        "(refused: PATH, LD_*, DYLD_*, PYTHON*, NODE_OPTIONS, NODE_PATH, NPM_CONFIG_*, BASH_ENV, ENV, PERL5OPT, RUBYOPT "
+        "and the others listed in docs/agents.md)"
+    )
+
+
+def test_mcp_env_names_and_values_checked():
+    env = {"LOG_LEVEL": "info", "NODE_ENV": "production", "API_TOKEN": "s3cret", "_X1": ""}
+    assert parse_definition({"tools": [{"type": "mcp", "command": "server", "env": env}]}).tool("mcp").env == env
+    for bad, message in [
+        ({"A=B": "1"}, "`dsl.tools.0.mcp.env`: 'A=B' is not an environment variable name (letters, digits and _, not starting with a digit)"),
+        ({"BASH_FUNC_ls%%": "() { id; }"}, "`dsl.tools.0.mcp.env`: 'BASH_FUNC_ls%%' is not an environment variable name"),
+        ({"X": "a\0b"}, "`dsl.tools.0.mcp.env`: the value of X holds a NUL character"),
+    ]:
+        with pytest.raises(ArgumentError) as raised:
+            parse_definition({"tools": [{"type": "mcp", "command": "server", "env": bad}]})
+        assert raised.value.message.startswith(message), raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("command", "cause"),
+    [
+        ("/bin/false", "MCPError: Connection closed"),
+        ("/nonexistent/mcp-server", "FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/mcp-server'"),
+    ],
+)
+def test_mcp_start_failure_logs_its_cause(command, cause, caplog):
+    toolset = mcp_toolset(frozenset({(command,)}), timeout=10, command=command, args=())
+    with caplog.at_level(logging.WARNING):
+        assert toolset.schemas() == []
+    toolset.close()
+    assert f"MCP server '{command}' did not start: {cause}" in caplog.text
+    assert "ExceptionGroup" not in caplog.text
+
+
+def test_mcp_failure_causes_unwrapped():
+    error = ExceptionGroup("outer", [ExceptionGroup("inner", [MCPError(-32000, "Connection closed")]), TimeoutError(), OSError(5, "I/O error")])
+    inner = ValueError("v")
+    assert leaf_exceptions(ExceptionGroup("g", [inner])) == [inner] and leaf_exceptions(inner) == [inner]
+    assert describe_failure(error) == "MCPError: Connection closed; TimeoutError; OSError: [Errno 5] I/O error"
+    assert describe_failure(ExceptionGroup("g", [OSError("same"), OSError("same")])) == "OSError: same"
+
+
+def test_mcp_unexpected_start_failure_is_logged_with_its_traceback(caplog):
+    class Broken(McpClient):
+        def _transport(self):
+            raise KeyError("a bug")
+
+    client = Broken("server", [], {}, 5)
+    with caplog.at_level(logging.WARNING, logger="api.agent.mcp_client"), pytest.raises(ToolError) as raised:
+        client.start()
+    client.close()
+    assert str(raised.value) == "KeyError: 'a bug'"
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.getMessage() == "MCP server 'server' failed unexpectedly: KeyError: 'a bug'"
+    assert record.exc_info is not None
 
 
 # -- MCP over streamable HTTP ----------------------------------------------------------

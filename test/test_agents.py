@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from test.support.agents import MCP_SERVER, ragflow_canvas, retrieval_agent, ser
 from test.support.server import (
     ServerProcess,
     Tenant,
+    api_client,
     auth,
     corpus_files,
     make_corpus,
@@ -30,6 +32,8 @@ from test.support.server import (
 from test.support.ws import agent_url, ask, recv_json
 
 QUESTION = "How many days do I have to return a purchase, and what is 30 * 2?"
+#: The echo MCP server's command line, as the open server's RAGSOCKET_AGENT_MCP_COMMANDS allows it.
+ECHO_LINE = (sys.executable, MCP_SERVER)
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -198,6 +202,26 @@ async def test_time_limit_stops_the_run(server, tenant, api):
     assert of(frames, "thinking")[-1]["step"] == 2
 
 
+async def test_time_limit_cuts_a_streaming_answer(server, tenant, api, openai_server):
+    """``slow`` streams 20 pieces 0.2 s apart (4 s): the 1 s limit closes the stream."""
+    agent = await make_agent(api, {"llm": {"model_name": "slow"}, "time_limit": 1})
+    started = time.monotonic()
+    async with connect(agent_url(server, agent["id"]), additional_headers=auth(tenant)) as ws:
+        frames = await ask(ws, "Take your time")
+        elapsed = time.monotonic() - started
+        assert streamed(await ask(ws, "Take your time again")).startswith("tick0 "), "the connection serves the next question"
+    assert elapsed < 2.5, f"answered after {elapsed:.1f} s"
+    assert events(frames) == ["thinking", "message", "message_end", "marker"]
+    end = of(frames, "message_end")[0]
+    text, _, final = end["content"].partition("\n\n")
+    assert final == "I stopped here: this agent's time limit of 1 seconds was reached."
+    assert text.startswith("tick0 tick1 ") and "tick19" not in text
+    assert streamed(frames) == end["content"]
+    assert "interrupted" not in end
+    saved = (await last_session(api, agent["id"], end["session_id"]))["messages"][-1]
+    assert (saved["content"], saved["interrupted"]) == (end["content"], False)
+
+
 async def test_model_not_configured_or_failing_is_an_error_frame(server, tenant, api):
     agent = await make_agent(api, {"llm": {"model_name": "error-500"}, "tools": [{"type": "calculator"}]})
     async with connect(agent_url(server, agent["id"]), additional_headers=auth(tenant)) as ws:
@@ -267,6 +291,23 @@ async def test_agent_crud(api):
     assert ok(await api.get("/agents", params={"id": agent["id"]})) == []
     gone = (await api.delete(f"/agents/{agent['id']}")).json()
     assert gone["code"] == 102 and gone["message"] == f"You don't own the agent {agent['id']}"
+
+
+async def test_offline_iteration_limit_answers_from_the_results_so_far(server, tenant, api, corpus):
+    dsl = {"tools": [{"type": "retrieval", "dataset_ids": [corpus["dataset_id"]]}, {"type": "calculator"}], "max_iterations": 1}
+    agent = await make_agent(api, dsl)
+    async with connect(agent_url(server, agent["id"]), additional_headers=auth(tenant)) as ws:
+        frames = await ask(ws, QUESTION)
+    assert events(frames) == ["thinking", "tool_call_start", "tool_call_end", "thinking", "message", "message_end", "marker"]
+    assert [d["step"] for d in of(frames, "thinking")] == [1, 2]
+    assert [s["tool_name"] for s in of(frames, "tool_call_start")] == ["retrieval"], "the calculator call is past the limit"
+    end = of(frames, "message_end")[0]
+    answer, _, final = end["content"].partition("\n\n")
+    assert "30 days" in answer and "[ID:0]" in answer and "30 * 2" not in answer
+    assert final == "I stopped here: this agent may take at most 1 steps and had no final answer yet."
+    assert streamed(frames) == end["content"] and end["reference"]["chunks"][0]["document_name"] == "returns.md"
+    saved = (await last_session(api, agent["id"], end["session_id"]))["messages"][-1]
+    assert (saved["content"], saved["interrupted"], saved["reference"]) == (end["content"], False, end["reference"])
 
 
 async def test_agent_validation_messages(api):
@@ -379,7 +420,8 @@ def loopback_http() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def open_server(server_env, tmp_path_factory) -> Iterator[ServerProcess]:
     env = variant_env(
-        server_env, tmp_path_factory, "open-data", RAGSOCKET_AGENT_ALLOW_PRIVATE_URLS="true", RAGSOCKET_AGENT_MCP_COMMANDS=sys.executable
+        server_env, tmp_path_factory, "open-data", RAGSOCKET_AGENT_ALLOW_PRIVATE_URLS="true",
+        RAGSOCKET_AGENT_MCP_COMMANDS=f"{shlex.join([sys.executable, '-V'])}, {shlex.join(ECHO_LINE)}",
     )
     with ServerProcess(env) as process:
         yield process
@@ -407,9 +449,10 @@ async def test_http_request_tool_against_loopback(server, open_server, tenant, a
     ), "the shared server keeps RAGSOCKET_AGENT_ALLOW_PRIVATE_URLS=false"
 
 
-async def test_mcp_tool_server_started_by_the_agent(server, open_server, tenant, api, openai_server):
+async def test_mcp_tool_server_started_by_the_agent(server, open_server, tenant, openai_server):
     dsl = {"llm": {"model_name": "agent-tool"}, "tools": [{"type": "mcp", "command": sys.executable, "args": [MCP_SERVER], "timeout": 20}]}
-    agent = await make_agent(api, dsl)
+    async with api_client(open_server, tenant) as open_api:
+        agent = await make_agent(open_api, dsl)
     before = len(requests_of(openai_server, "agent-tool"))
     async with connect(agent_url(open_server, agent["id"]), additional_headers=auth(tenant)) as ws:
         frames = await ask(ws, script("echo", text="hello mcp"))
@@ -423,6 +466,45 @@ async def test_mcp_tool_server_started_by_the_agent(server, open_server, tenant,
     async with connect(agent_url(server, agent["id"]), additional_headers=auth(tenant)) as ws:
         refused = await ask(ws, script("echo", text="hi"))
     assert of(refused, "tool_call_end")[0]["result"] == "error: there is no tool named 'echo'", "the shared server allows no MCP command"
+    assert f"agent MCP server command line `{shlex.join(ECHO_LINE)}` is not allowed by RAGSOCKET_AGENT_MCP_COMMANDS" in server.log_tail(200)
+
+
+def mcp_dsl(*line: str, **fields) -> dict:
+    return {"tools": [{"type": "mcp", "command": line[0], "args": list(line[1:]), **fields}]}
+
+
+async def test_mcp_command_line_not_allowed_is_refused_on_create_and_update(server, open_server, tenant, api):
+    python_c = (sys.executable, "-c", "import os; os.system('touch /tmp/pwned')")
+    quoted = shlex.join(python_c)
+    expected = {
+        "code": 101, "data": None,
+        "message": f"`dsl.tools.0.mcp`: the command line `{quoted}` is not allowed by RAGSOCKET_AGENT_MCP_COMMANDS "
+                   "(an entry must equal the command and all its arguments exactly)",
+    }
+    disabled = {
+        "code": 101, "data": None,
+        "message": f"`dsl.tools.0.mcp`: the command line `{shlex.join(ECHO_LINE)}` is not allowed by RAGSOCKET_AGENT_MCP_COMMANDS "
+                   "(it is empty, so stdio MCP servers are disabled on this server)",
+    }
+    title = f"mcp-refused-{time.monotonic_ns()}"
+    assert (await api.post("/agents", json={"title": title, "dsl": mcp_dsl(*ECHO_LINE)})).json() == disabled
+    async with api_client(open_server, tenant) as open_api:
+        assert (await open_api.post("/agents", json={"title": title, "dsl": mcp_dsl(*python_c)})).json() == expected
+        assert (await open_api.post("/agents", json={"title": title, "dsl": mcp_dsl(sys.executable)})).json()["code"] == 101
+        assert ok(await open_api.get("/agents", params={"title": title})) == []
+        agent = await make_agent(open_api, mcp_dsl(sys.executable, "-V"), title=title)
+        assert (await open_api.put(f"/agents/{agent['id']}", json={"dsl": mcp_dsl(*python_c)})).json() == expected
+        env = mcp_dsl(sys.executable, "-V", env={"PYTHONSTARTUP": "/tmp/evil.py"})
+        refused_env = (await open_api.put(f"/agents/{agent['id']}", json={"dsl": env})).json()
+        assert refused_env["code"] == 101 and refused_env["message"].startswith(
+            "`dsl.tools.0.mcp.env`: PYTHONSTARTUP may not be set: it changes how the server's program is loaded or run"
+        )
+        (stored,) = ok(await open_api.get("/agents", params={"id": agent["id"]}))
+        assert stored["dsl"]["tools"][0]["args"] == ["-V"] and stored["dsl"]["tools"][0]["env"] == {}
+        updated = ok(await open_api.put(f"/agents/{agent['id']}", json={"dsl": mcp_dsl(*ECHO_LINE, timeout=20)}))
+        assert updated["dsl"]["tools"][0]["args"] == [MCP_SERVER]
+    http = {"tools": [{"type": "mcp", "transport": "streamable_http", "url": "https://mcp.example.com/mcp"}]}
+    assert ok(await api.put(f"/agents/{agent['id']}", json={"dsl": http}))["dsl"]["tools"][0]["url"] == "https://mcp.example.com/mcp"
 
 
 # -- the example client ------------------------------------------------------------------

@@ -18,6 +18,7 @@ tools) → Message", RAGFlow ``agent/canvas.py``) onto it.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -104,6 +105,27 @@ class HttpRequestTool(_Strict):
         return prefixes
 
 
+#: Environment variables an agent may not set for an MCP stdio server: they change how
+#: a program is loaded or run (preloaded libraries, interpreter options and module
+#: paths, shell start-up files, where configuration is read, package registries),
+#: which would turn an allowed command line into any code. Compared in upper case.
+REFUSED_ENV_NAMES = frozenset({
+    "PATH", "HOME", "XDG_CONFIG_HOME", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "IFS",
+    "NODE_OPTIONS", "NODE_PATH", "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "RUBYOPT", "RUBYLIB",
+    "GCONV_PATH", "GLIBC_TUNABLES", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH",
+})
+#: Prefixes of refused names (see :data:`REFUSED_ENV_NAMES`).
+REFUSED_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "BASH_FUNC_", "NPM_CONFIG_", "PIP_", "UV_")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def refused_env_name(name: str) -> bool:
+    """True when an agent may not set the environment variable ``name`` (see
+    :data:`REFUSED_ENV_NAMES` and :data:`REFUSED_ENV_PREFIXES`)."""
+    upper = name.upper()
+    return upper in REFUSED_ENV_NAMES or upper.startswith(REFUSED_ENV_PREFIXES)
+
+
 class McpTool(_Strict):
     """The tools of an MCP server: started with ``command args`` (``transport: "stdio"``,
     the default), or reached at ``url`` (``transport: "streamable_http"``)."""
@@ -112,9 +134,25 @@ class McpTool(_Strict):
     transport: Literal["stdio", "streamable_http"] = "stdio"
     command: str | None = Field(None, min_length=1, max_length=512, description="stdio: the command")
     args: list[str] = Field(default_factory=list, max_length=64, description="stdio: its arguments")
-    env: dict[str, str] = Field(default_factory=dict, description="stdio: environment variables")
+    env: dict[str, str] = Field(default_factory=dict, max_length=64, description="stdio: environment variables")
     url: str | None = Field(None, min_length=1, max_length=2048, description="streamable_http: the endpoint")
     timeout: float = Field(30.0, gt=0, le=300, description="seconds for start-up and for each call")
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name[:64]!r} is not an environment variable name (letters, digits and _, not starting with a digit)")
+            if refused_env_name(name):
+                raise ValueError(
+                    f"{name} may not be set: it changes how the server's program is loaded or run "
+                    "(refused: PATH, LD_*, DYLD_*, PYTHON*, NODE_OPTIONS, NODE_PATH, NPM_CONFIG_*, BASH_ENV, ENV, "
+                    "PERL5OPT, RUBYOPT and the others listed in docs/agents.md)"
+                )
+            if "\0" in value:
+                raise ValueError(f"the value of {name} holds a NUL character")
+        return env
 
     @field_validator("url")
     @classmethod

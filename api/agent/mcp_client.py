@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import httpx2
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -35,6 +37,37 @@ logger = logging.getLogger(__name__)
 
 #: Seconds allowed for the server to exit when the run ends.
 CLOSE_SECONDS = 5.0
+#: How a server or its transport fails (cannot be spawned, exits, breaks the protocol,
+#: answers an error, times out, HTTP failures). Any other exception among the causes of
+#: a failure is probably a bug, ours or the ``mcp`` package's: it is logged with its
+#: traceback.
+EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
+    OSError, MCPError, ToolError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream,
+    httpx2.HTTPError,
+)
+
+
+def leaf_exceptions(error: BaseException) -> list[BaseException]:
+    """The exceptions inside ``error``, exception groups (anyio task groups) unwrapped."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaf_exceptions(inner)]
+    return [error]
+
+
+def describe_failure(error: BaseException) -> str:
+    """``Type: message`` of each leaf exception of ``error``, joined by ``; `` (repeats
+    once), e.g. ``MCPError: Connection closed`` for a server that exits at once."""
+    parts = []
+    for leaf in leaf_exceptions(error):
+        message = str(leaf).strip()
+        parts.append(f"{type(leaf).__name__}: {message}" if message else type(leaf).__name__)
+    return "; ".join(dict.fromkeys(parts))
+
+
+def _log_if_unexpected(label: str, error: BaseException) -> None:
+    """Log ``error`` with its traceback when a cause is not an :data:`EXPECTED_FAILURES`."""
+    if any(not isinstance(leaf, EXPECTED_FAILURES) for leaf in leaf_exceptions(error)):
+        logger.error("MCP server %r failed unexpectedly: %s", label, describe_failure(error), exc_info=error)
 
 
 class McpToolProxy:
@@ -73,7 +106,7 @@ class McpClient:
 
     def __init__(self, command: str, args: list[str], env: dict[str, str], timeout: float) -> None:
         self.params = StdioServerParameters(command=command, args=list(args), env=dict(env) or None)
-        self.label = command
+        self.label = shlex.join([command, *args])
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._requests: asyncio.Queue[tuple[str, dict, float, asyncio.Future] | None] | None = None
@@ -107,13 +140,16 @@ class McpClient:
             if not self._ready.done():
                 self._ready.set_exception(error)
             else:
-                logger.warning("MCP server %r ended: %s", self.label, type(error).__name__)
+                logger.warning("MCP server %r ended: %s", self.label, describe_failure(error))
+                _log_if_unexpected(self.label, error)
 
     def start(self) -> list[McpToolProxy]:
         """Start the server, initialise the session and list its tools.
 
         Raises:
-            ToolError: the server did not start or answer within ``timeout``.
+            ToolError: the server did not start or answer within ``timeout``; the
+                message names each cause (``FileNotFoundError: [Errno 2] …``,
+                ``MCPError: Connection closed`` …), exception groups unwrapped.
         """
 
         async def begin() -> list[Any]:
@@ -124,8 +160,11 @@ class McpClient:
 
         try:
             tools = self._loop.run_until_complete(begin())
-        except Exception as error:  # noqa: BLE001 - any start failure (spawn, handshake, timeout)
-            raise ToolError(f"the MCP server {self.label!r} did not start ({type(error).__name__})") from None
+        except TimeoutError:
+            raise ToolError(f"no answer within {self.timeout:g} s") from None
+        except Exception as error:  # noqa: BLE001 - every cause is named, unexpected ones logged with a traceback
+            _log_if_unexpected(self.label, error)
+            raise ToolError(describe_failure(error)) from None
         return [
             McpToolProxy(self, tool.name, tool.description or "", dict(getattr(tool, "input_schema", None) or getattr(tool, "inputSchema", None) or {}))
             for tool in tools
@@ -156,7 +195,10 @@ class McpClient:
                 raise ToolError(f"the MCP tool {name!r} timed out after {limit:g} s") from None
             raise ToolError(f"the MCP tool {name!r} failed: {message[:200]}") from None
         except Exception as error:  # noqa: BLE001 - transport failures of the mcp package
-            raise ToolError(f"the MCP tool {name!r} failed ({type(error).__name__})") from None
+            logger.warning("MCP tool %r of %r failed: %s", name, self.label, describe_failure(error))
+            _log_if_unexpected(self.label, error)
+            kinds = ", ".join(dict.fromkeys(type(leaf).__name__ for leaf in leaf_exceptions(error)))
+            raise ToolError(f"the MCP tool {name!r} failed ({kinds})") from None
         text = _text_of(result)
         if getattr(result, "is_error", False):
             return ToolResult(f"error: {text}", "error")

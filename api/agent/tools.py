@@ -23,6 +23,7 @@ import logging
 import math
 import operator
 import re
+import shlex
 import socket
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ import httpx
 import simpleeval
 
 from api.agent.dsl import AgentDefinition, HttpRequestTool, McpTool, RetrievalTool
+from common.errors import ArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -427,14 +429,49 @@ class ToolConfig:
 
     Attributes:
         allow_private_urls: ``http_request`` may reach private/loopback addresses.
-        mcp_commands: commands an MCP stdio server may be started with (empty: none).
+        mcp_command_lines: the command lines (command and arguments, as token lists)
+            an MCP stdio server may be started with (empty: none);
+            ``RAGSOCKET_AGENT_MCP_COMMANDS``, see :func:`command_line_allowed`.
 
     An MCP server over streamable HTTP needs no command; its address is checked like
     ``http_request``'s (``allow_private_urls``).
     """
 
     allow_private_urls: bool = False
-    mcp_commands: frozenset[str] = frozenset()
+    mcp_command_lines: frozenset[tuple[str, ...]] = frozenset()
+
+
+MCP_COMMANDS_SETTING = "RAGSOCKET_AGENT_MCP_COMMANDS"
+
+
+def command_line(spec: McpTool) -> tuple[str, ...]:
+    """The command line of a stdio MCP server: ``(command, *args)``."""
+    return (spec.command or "", *spec.args)
+
+
+def command_line_allowed(spec: McpTool, allowed: frozenset[tuple[str, ...]]) -> bool:
+    """True when the stdio server's command line is exactly one of ``allowed``: the
+    same tokens in the same order (no prefix, pattern or path lookup)."""
+    return command_line(spec) in allowed
+
+
+def check_mcp_commands(definition: AgentDefinition, allowed: frozenset[tuple[str, ...]]) -> None:
+    """Refuse a definition naming a stdio MCP server the operator does not allow.
+
+    Raises:
+        ArgumentError: the first stdio server whose command line is not in ``allowed``;
+            the message names the field, the command line and the setting.
+    """
+    for index, spec in enumerate(definition.tools):
+        if isinstance(spec, McpTool) and spec.transport == "stdio" and not command_line_allowed(spec, allowed):
+            reason = (
+                "it is empty, so stdio MCP servers are disabled on this server"
+                if not allowed else "an entry must equal the command and all its arguments exactly"
+            )
+            raise ArgumentError(
+                f"`dsl.tools.{index}.mcp`: the command line `{shlex.join(command_line(spec))}` is not allowed "
+                f"by {MCP_COMMANDS_SETTING} ({reason})"
+            )
 
 
 class Toolset:
@@ -477,8 +514,12 @@ class Toolset:
             if spec.transport == "streamable_http":
                 # the address is checked by start(), as for http_request
                 client = McpHttpClient(spec.url, spec.timeout, self._config.allow_private_urls)
-            elif spec.command not in self._config.mcp_commands:
-                logger.warning("agent MCP server command %r is not in RAGSOCKET_AGENT_MCP_COMMANDS", spec.command)
+            elif not command_line_allowed(spec, self._config.mcp_command_lines):
+                # checked when the agent was saved; the operator changed the setting since
+                logger.warning(
+                    "agent MCP server command line `%s` is not allowed by %s; not started",
+                    shlex.join(command_line(spec)), MCP_COMMANDS_SETTING,
+                )
                 continue
             else:
                 client = McpClient(spec.command, spec.args, spec.env, spec.timeout)

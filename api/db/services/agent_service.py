@@ -31,10 +31,18 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import httpx
+import httpx2
 import openai
 
 from api.agent.dsl import AgentDefinition, parse_definition
-from api.agent.tools import MODEL_RESULT_CHARS, ToolConfig, ToolResult, Toolset
+from api.agent.tools import (
+    MODEL_RESULT_CHARS,
+    ToolConfig,
+    ToolResult,
+    Toolset,
+    check_mcp_commands,
+)
 from api.db.agent_models import Agent, AgentMessage, AgentSession
 from api.db.db_models import DB, db_session, get_uuid
 from api.db.services.common_service import check_unique, get_or_raise, owned_page
@@ -135,7 +143,14 @@ def _check_tool_datasets(tenant_id: str, definition: AgentDefinition) -> None:
 
 
 def _validated_dsl(tenant_id: str, dsl: Any) -> dict:
+    """The definition to store: valid, every stdio MCP server's command line allowed by
+    the operator (``RAGSOCKET_AGENT_MCP_COMMANDS``), every dataset the tenant's.
+
+    Raises:
+        ArgumentError: invalid, or an MCP command line not allowed. DataError: datasets.
+    """
     definition = parse_definition(dsl)
+    check_mcp_commands(definition, get_runtime().settings.agent_mcp_command_lines)
     _check_tool_datasets(tenant_id, definition)
     return definition.model_dump(mode="json")
 
@@ -159,7 +174,9 @@ def create_agent(tenant_id: str, title: str, description: str, dsl: Any) -> dict
     """Create an agent; ``dsl`` is validated (ours or a RAGFlow canvas) and stored as ours.
 
     Raises:
-        ArgumentError: invalid ``dsl``. DataError: duplicate title, datasets not the tenant's.
+        ArgumentError: invalid ``dsl``, or a stdio MCP server whose command line
+            ``RAGSOCKET_AGENT_MCP_COMMANDS`` does not allow. DataError: duplicate
+            title, datasets not the tenant's.
     """
     stored = _validated_dsl(tenant_id, dsl)
     _check_title(tenant_id, title)
@@ -335,7 +352,7 @@ class _Turn:
 def _begin_turn(tenant_id: str, agent_id: str, question: str, session_id: str | None) -> _Turn:
     """Load the agent and session (creating it), read history, save the question."""
     agent = get_agent(tenant_id, agent_id)
-    definition = AgentDefinition.model_validate(agent.dsl)
+    definition = parse_definition(agent.dsl)  # ArgumentError: stored before a rule was added
     _check_tool_datasets(tenant_id, definition)
     session_id, history = SESSIONS.begin_turn(tenant_id, agent, question, session_id, HISTORY_MESSAGES)
     return _Turn(agent.id, definition, session_id, question, history)
@@ -417,13 +434,14 @@ class _Run:
 
 
 def _offline_engine(run: _Run) -> Iterator[AgentEvent]:
+    """The fixed plan: at most ``max_iterations`` tool calls, then the answer from the
+    results gathered; when the plan was longer, the iteration-limit sentence follows
+    the answer."""
     plan = offline_plan(run.definition, run.turn.question)
+    limit = run.definition.max_iterations
     results: list[tuple[str, dict, ToolResult]] = []
-    for step, (name, arguments) in enumerate(plan, start=1):
+    for step, (name, arguments) in enumerate(plan[:limit], start=1):
         if run.cancel.is_set():
-            return
-        if step > run.definition.max_iterations:
-            yield from run.say(ITERATION_LIMIT_MESSAGE.format(n=run.definition.max_iterations))
             return
         if run.remaining <= 0:
             yield from run.say(TIME_LIMIT_MESSAGE.format(s=run.definition.time_limit))
@@ -433,7 +451,7 @@ def _offline_engine(run: _Run) -> Iterator[AgentEvent]:
         results.append((name, arguments, result))
     if run.cancel.is_set():
         return
-    yield Thinking(len(plan) + 1, *run.ids)
+    yield Thinking(len(results) + 1, *run.ids)
     answer = offline_answer(run.turn.question, results, run.toolset.references.chunks)
     delay = run.settings.offline_token_delay
     for index, piece in enumerate(split_deltas(answer)):
@@ -442,10 +460,32 @@ def _offline_engine(run: _Run) -> Iterator[AgentEvent]:
         if run.cancel.is_set():
             return
         yield run.delta(piece)
+    if len(plan) > limit:
+        yield from run.say(ITERATION_LIMIT_MESSAGE.format(n=limit))
+
+
+#: Errors of a model request that timed out (the openai client's and its transports').
+_MODEL_TIMEOUTS = (openai.APITimeoutError, httpx.TimeoutException, httpx2.TimeoutException)
+
+
+@dataclass
+class _StepResult:
+    """What one model request gave: its text, the tool calls it asked for, and whether
+    the run's time limit cut it short (the stream was then closed)."""
+
+    text: str
+    calls: list[_PendingCall]
+    expired: bool = False
 
 
 def _model_step(run: _Run, client: openai.OpenAI, messages: list[dict], tools: list[dict]) -> Iterator[AgentEvent]:
-    """One streamed model request; yields text deltas, returns ``(text, tool calls)``."""
+    """One streamed model request; yields text deltas, returns a :class:`_StepResult`.
+
+    The run's deadline is checked before each streamed chunk: past it, the stream is
+    closed and the result is ``expired`` (the text so far, no tool calls). A read that
+    times out after the deadline counts as expired too (each read waits at most the
+    time left when the request was sent).
+    """
     llm = run.definition.llm
     sampling = {k: v for k, v in (("temperature", llm.temperature), ("top_p", llm.top_p), ("max_tokens", llm.max_tokens)) if v is not None}
     if tools:
@@ -456,15 +496,19 @@ def _model_step(run: _Run, client: openai.OpenAI, messages: list[dict], tools: l
             model=llm.model_name, messages=messages, stream=True, timeout=timeout, **sampling
         )
     except CLIENT_ERRORS as error:
+        if isinstance(error, _MODEL_TIMEOUTS) and run.remaining <= 0:
+            return _StepResult("", [], expired=True)
         raise ChatModelError(describe_error(error, started=False)) from error
     text: list[str] = []
     calls: dict[int, _PendingCall] = {}
     finished = False
-    with upstream:
+    with upstream:  # leaving the block closes the stream (and its connection) early
         try:
             for chunk in upstream:
                 if run.cancel.is_set():
-                    return "".join(text), []
+                    return _StepResult("".join(text), [])
+                if run.remaining <= 0:
+                    return _StepResult("".join(text), [], expired=True)
                 if not chunk.choices:
                     continue
                 choice = chunk.choices[0]
@@ -482,13 +526,15 @@ def _model_step(run: _Run, client: openai.OpenAI, messages: list[dict], tools: l
                         pending.name += piece.function.name or ""
                         pending.arguments += piece.function.arguments or ""
         except CLIENT_ERRORS as error:
+            if isinstance(error, _MODEL_TIMEOUTS) and run.remaining <= 0:
+                return _StepResult("".join(text), [], expired=True)
             raise ChatModelError(describe_error(error, started=bool(text or calls))) from error
     if not finished and not run.cancel.is_set():
         raise ChatModelError(MID_ANSWER)
     ordered = [calls[index] for index in sorted(calls)]
     for number, call in enumerate(ordered):
         call.call_id = call.call_id or f"call_{run.turn.message_id[:8]}_{number}"
-    return "".join(text), ordered
+    return _StepResult("".join(text), ordered)
 
 
 def _function_calling_engine(run: _Run) -> Iterator[AgentEvent]:
@@ -509,11 +555,15 @@ def _function_calling_engine(run: _Run) -> Iterator[AgentEvent]:
             yield from run.say(TIME_LIMIT_MESSAGE.format(s=run.definition.time_limit))
             return
         yield Thinking(step, *run.ids)
-        text, calls = yield from _model_step(run, client, messages, tools)
+        answered = yield from _model_step(run, client, messages, tools)
+        if answered.expired:
+            yield from run.say(TIME_LIMIT_MESSAGE.format(s=run.definition.time_limit))
+            return
+        calls = answered.calls
         if not calls or run.cancel.is_set():
             return
         messages.append({
-            "role": "assistant", "content": text or None,
+            "role": "assistant", "content": answered.text or None,
             "tool_calls": [{"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls],
         })
         for call in calls:
@@ -556,7 +606,7 @@ def run_agent(
     stop = cancel if cancel is not None else threading.Event()
     turn = _begin_turn(tenant_id, agent_id, question, session_id)
     settings = get_runtime().settings
-    toolset = Toolset(turn.definition, ToolConfig(settings.agent_allow_private_urls, settings.agent_mcp_command_set), retrieve)
+    toolset = Toolset(turn.definition, ToolConfig(settings.agent_allow_private_urls, settings.agent_mcp_command_lines), retrieve)
     run = _Run(turn, toolset, stop, settings)
     offline = turn.definition.llm.model_name in ("", OFFLINE_MODEL_NAME)
     saved = False
