@@ -11,6 +11,8 @@ App({
     apiKey: "ragsocket-REPLACE-ME",
     chatId: "REPLACE-WITH-CHAT-ID",
     heartbeatMs: 25000,                  // application ping: SocketTask has no ping API
+    pongTimeoutMs: 10000,                // no frame this long after a ping: the socket is dead, reconnect
+    socketOptions: null,                 // more RagSocket options (utils/ragsocket.js), e.g. {maxRetries: 8}
     client: null,                        // the RagSocket of utils/ragsocket.js, made by the chat page
   },
 
@@ -21,6 +23,8 @@ App({
   },
 
   onShow() {
+    // Back from the background: reconnect from any state but "open" (and never after the
+    // key or chat was refused); when "open", a ping checks that the socket still works.
     const client = this.globalData.client;
     if (client) client.ensureConnected();
   },

@@ -11,56 +11,7 @@
 // before the drop, default 3), --heartbeat-ms (default 200, to see pongs quickly).
 "use strict";
 
-const path = require("path");
-const {createWx, createRuntime} = require("./wx-shim.js");
-
-const ROOT = path.resolve(__dirname, "..");
-
-function parseArgs(argv) {
-  const args = {
-    url: process.env.RAGSOCKET_WS_BASE || "ws://127.0.0.1:9380",
-    key: process.env.RAGSOCKET_API_KEY || "",
-    chatId: process.env.RAGSOCKET_CHAT_ID || "",
-    question: "Which bulb does the Lumen lamp use?",
-    followUp: "And how long does it last?",
-    longQuestion: "How is the Lumen lamp assembled, tested, dimmed and powered?",
-    dropAfter: 3,
-    heartbeatMs: 200,
-    timeoutMs: 60000,
-  };
-  const names = {"--url": "url", "--key": "key", "--chat-id": "chatId", "--question": "question", "--follow-up": "followUp",
-                 "--long-question": "longQuestion", "--drop-after": "dropAfter", "--heartbeat-ms": "heartbeatMs", "--timeout-ms": "timeoutMs"};
-  for (let i = 0; i < argv.length; i += 2) {
-    const name = names[argv[i]];
-    if (!name) throw new Error(`unknown option ${argv[i]}`);
-    args[name] = typeof args[name] === "number" ? Number(argv[i + 1]) : argv[i + 1];
-  }
-  if (!args.key || !args.chatId) throw new Error("--key and --chat-id are required");
-  return args;
-}
-
-function waitFor(predicate, timeoutMs, what) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const timer = setInterval(() => {
-      if (predicate()) { clearInterval(timer); resolve(); } else if (Date.now() - started > timeoutMs) {
-        clearInterval(timer); reject(new Error(`timed out waiting for ${what}`));
-      }
-    }, 10);
-  });
-}
-
-function texts(nodes, names) {
-  // every text under nodes with one of the names (e.g. the citations)
-  const out = [];
-  (function walk(list, inside) {
-    for (const node of list || []) {
-      if (node.type === "text" && inside) out.push(node.text);
-      walk(node.children, inside || names.includes(node.name) || (node.attrs && names.includes(node.attrs.class)));
-    }
-  })(nodes, false);
-  return out;
-}
+const {parseArgs, waitFor, texts, loadPage, ask, runMain} = require("./harness.js");
 
 // The renderer on its own: Markdown pieces and an attempt at HTML injection.
 function checkRenderer(renderMarkdown) {
@@ -78,44 +29,19 @@ function checkRenderer(renderMarkdown) {
 }
 
 async function main() {
-  const args = parseArgs(process.argv.slice(2));
-  // The test talks to ws://127.0.0.1: a real Mini Program needs wss:// and an allowed domain.
-  const wx = createWx({allowInsecureLoopback: true});
-  const runtime = createRuntime(wx, ROOT);
-  runtime.load("app.js");
-  const app = runtime.registry.app;
-  Object.assign(app.globalData, {baseUrl: args.url.replace(/\/$/, ""), apiKey: args.key, chatId: args.chatId, heartbeatMs: args.heartbeatMs});
-  const {renderMarkdown, closeReason, utf8Length} = runtime.load("utils/ragsocket.js");
-  runtime.load("pages/chat/chat.js");
-  const page = runtime.instantiate(runtime.registry.pages[0]);
-  page.onLoad({});
-  page.onShow();
+  const args = parseArgs(process.argv.slice(2), {
+    question: "Which bulb does the Lumen lamp use?",
+    followUp: "And how long does it last?",
+    longQuestion: "How is the Lumen lamp assembled, tested, dimmed and powered?",
+    dropAfter: 3,
+  }, {"--question": "question", "--follow-up": "followUp", "--long-question": "longQuestion", "--drop-after": "dropAfter"});
+  const {wx, app, lib, page} = loadPage(args);
+  const {renderMarkdown, closeReason, utf8Length} = lib;
   await waitFor(() => page.data.status === "open", 15000, "the socket to open");
 
-  async function ask(question) {
-    page.onInput({detail: {value: question}});
-    const started = Date.now();
-    const answer = await page.onSend();
-    const shown = page.data.messages[page.data.messages.length - 1];
-    return {
-      question,
-      text: shown.text,
-      session_id: answer.sessionId,
-      message_id: answer.messageId,
-      interrupted: answer.interrupted,
-      error: answer.error,
-      resumes: answer.resumes,
-      last_seq: answer.lastSeq,
-      sources: shown.sources.map((s) => s.name),
-      citations: texts(shown.nodes, ["md-cite"]),
-      paragraphs: shown.nodes.length,
-      ms: Date.now() - started,
-    };
-  }
-
   const answers = [];
-  answers.push(await ask(args.question));
-  answers.push(await ask(args.followUp));
+  answers.push(await ask(page, args.question));
+  answers.push(await ask(page, args.followUp));
 
   // Third question: drop the socket (no close frame, code 1006) after a few frames.
   let contentFrames = 0;
@@ -125,7 +51,7 @@ async function main() {
     if (frame.code === 0 && frame.data && typeof frame.data === "object" && frame.data.answer) contentFrames += 1;
     if (contentFrames === args.dropAfter && droppedAt === null) { droppedAt = frame.data.seq; task.__drop(); }
   };
-  answers.push(await ask(args.longQuestion));
+  answers.push(await ask(page, args.longQuestion));
   wx.__onFrame = null;
   const client = app.globalData.client;
   await waitFor(() => client.pongs > 0, 5000, "a pong").catch(() => {});
@@ -155,21 +81,7 @@ async function main() {
     renderer: result.renderer_ok && result.close_reason_ok,
     session_stored: result.stored_session === first.session_id,
   };
-  result.ok = Object.values(result.checks).every(Boolean);
   return result;
 }
 
-const guard = setTimeout(() => {
-  process.stdout.write(JSON.stringify({ok: false, error: "timed out"}) + "\n");
-  process.exit(1);
-}, Number(process.env.RAGSOCKET_TEST_TIMEOUT_MS || 90000));
-
-main().then((result) => {
-  clearTimeout(guard);
-  process.stdout.write(JSON.stringify(result) + "\n");
-  process.exit(result.ok ? 0 : 1);
-}, (error) => {
-  clearTimeout(guard);
-  process.stdout.write(JSON.stringify({ok: false, error: String(error && error.stack || error)}) + "\n");
-  process.exit(1);
-});
+runMain(main);

@@ -23,7 +23,12 @@ function isLoopback(url) {
   return host === "127.0.0.1" || host === "localhost" || host === "[::1]";
 }
 
-/** The `wx` object. Hooks for tests: wx.__sockets, wx.__onFrame(task, text), task.__drop(). */
+/**
+ * The `wx` object. Hooks for tests: wx.__sockets, wx.__onFrame(task, text) (called before
+ * the page sees a frame), wx.__onSend(task, text) (called before a message leaves),
+ * task.__drop() (the connection breaks: close 1006) and task.__freeze() (the network
+ * silently stops carrying anything, and no close event ever comes).
+ */
 function createWx(options) {
   options = options || {};
   const storage = new Map();
@@ -31,6 +36,7 @@ function createWx(options) {
     __sockets: [],
     __toasts: [],
     __onFrame: null,
+    __onSend: null,
     __maxOpen: 0,
 
     connectSocket(params) {
@@ -68,6 +74,8 @@ class SocketTask {
     this.readyState = 0;   // CONNECTING, like SocketTask.readyState
     this.listeners = {open: [], message: [], close: [], error: []};
     this.dropped = false;
+    this.frozen = false;
+    this.sent = [];        // the messages the page sent on this socket (text)
   }
 
   onOpen(fn) { this.listeners.open.push(fn); }
@@ -81,13 +89,16 @@ class SocketTask {
     this.ws = ws;
     ws.on("open", () => { this.readyState = 1; this._emit("open", {header: {}}); });
     ws.on("message", (data, isBinary) => {
+      if (this.dropped || this.frozen) return;   // a broken or silent network delivers nothing
       const payload = isBinary ? new Uint8Array(data).buffer : data.toString("utf8");
       if (this.wx.__onFrame) this.wx.__onFrame(this, payload);
+      if (this.dropped || this.frozen) return;   // the hook cut the network before this frame arrived
       this._emit("message", {data: payload});
     });
-    ws.on("error", (error) => this._emit("error", {errMsg: String(error && error.message)}));
+    ws.on("error", (error) => { if (!this.frozen) this._emit("error", {errMsg: String(error && error.message)}); });
     ws.on("close", (code, reason) => {
       this.readyState = 3;
+      if (this.frozen) return;                   // a dead network never tells
       this._emit("close", {code: this.dropped ? 1006 : code, reason: this.dropped ? "" : reason.toString("utf8")});
     });
   }
@@ -95,6 +106,12 @@ class SocketTask {
   send(params) {
     if (this.readyState !== 1) {
       if (params.fail) params.fail({errMsg: "sendSocketMessage:fail WebSocket is not connected"});
+      return;
+    }
+    if (typeof params.data === "string") this.sent.push(params.data);
+    if (this.wx.__onSend) this.wx.__onSend(this, params.data);
+    if (this.frozen) {                           // "sent", as far as the page can tell
+      if (params.success) setImmediate(() => params.success({}));
       return;
     }
     this.ws.send(params.data, (error) => {
@@ -108,8 +125,14 @@ class SocketTask {
       if (params.fail) params.fail({errMsg: "closeSocket:fail reason is longer than 123 bytes"});
       return;
     }
+    if (!this.ws || this.readyState >= 2) {
+      if (params.fail) params.fail({errMsg: "closeSocket:fail WebSocket is not connected"});
+      return;
+    }
     this.readyState = 2;
-    this.ws.close(params.code || 1000, params.reason || "");
+    this.closeCode = params.code || 1000;
+    if (this.frozen) this.ws.terminate();        // the close frame cannot get through; no close event follows
+    else this.ws.close(params.code || 1000, params.reason || "");
     if (params.success) params.success({});
   }
 
@@ -117,6 +140,15 @@ class SocketTask {
   __drop() {
     this.dropped = true;
     this.ws.terminate();
+  }
+
+  /**
+   * Test hook: the socket goes silent, as on a dead network or a frozen app: no frame
+   * arrives, sends vanish (the server's protocol pings are still answered by `ws`, so the
+   * server does not notice) and no close event ever comes, even after close().
+   */
+  __freeze() {
+    this.frozen = true;
   }
 }
 

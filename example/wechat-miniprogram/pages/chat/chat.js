@@ -8,6 +8,7 @@ const STATUS_TEXT = {
   open: "Connected",
   reconnecting: "Reconnecting…",
   closed: "Offline — will reconnect when you ask",
+  limited: "Too many connections for this key — retrying…",
   refused: "The server refused the key or the chat",
 };
 
@@ -32,17 +33,24 @@ Page({
     if (saved) this.setData({sessionId: saved});
     if (!config.client) {
       // One socket for the whole app: a Mini Program may have at most 5 open at once.
-      config.client = new RagSocket({
+      const options = {
         url: config.baseUrl + "/api/v1/ws/chats/" + config.chatId + "/completions",
         apiKey: config.apiKey,
         heartbeatMs: config.heartbeatMs,
-      });
+        pongTimeoutMs: config.pongTimeoutMs,
+      };
+      config.client = new RagSocket(Object.assign(options, config.socketOptions || {}));
       config.client.connect();
     }
     this.client = config.client;
     const page = this;
-    this.client.onState = function (state) {
-      page.setData({status: state, statusText: STATUS_TEXT[state] || state});
+    this.client.onState = function (state, detail) {
+      let statusText = STATUS_TEXT[state] || state;
+      // a refusal: show the server's words (e.g. "Authentication error: API key is invalid!")
+      const error = detail && detail.error;
+      if (state === "refused" && error) statusText = "Refused: " + error.message;
+      if (state === "limited" && error) statusText = "Refused for now: " + error.message + " — retrying…";
+      page.setData({status: state, statusText: statusText});
     };
     this.client.onState(this.client.state);
   },
@@ -75,6 +83,8 @@ Page({
     });
     const path = "messages[" + (index + 1) + "]";
     const page = this;
+    // ask() always settles: with the answer, or with answer.error when it cannot be
+    // answered (refused key or chat, connection lost before the answer started …).
     return this.client.ask(question, {
       sessionId: this.data.sessionId || null,
       onFrame(frame, answer) {
@@ -103,11 +113,24 @@ Page({
       page.setData(update);
       if (answer.error) wx.showToast({title: String(answer.error.message).slice(0, 40), icon: "none"});
       return answer;
+    }, function (error) {
+      // only when the client still had a question running: never leave the page "running"
+      const update = {running: false};
+      update[path + ".running"] = false;
+      update[path + ".error"] = String(error && error.message || error);
+      page.setData(update);
+      return null;
     });
   },
 
+  // Stop always ends the running state: the client ends the answer (at once when the
+  // socket is not working, else when the server confirms or after a few seconds).
   onStop() {
-    this.client.stop();
+    if (this.client.stop()) return;
+    const update = {running: false};
+    const last = this.data.messages.length - 1;
+    if (last >= 0 && this.data.messages[last].running) update["messages[" + last + "].running"] = false;
+    this.setData(update);
   },
 
   // Start a new conversation (the next question opens a new session).
