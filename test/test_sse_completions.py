@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import httpx
 import pytest
 
+from common.constants import RetCode
 from test.support.openai_server import ERROR_500_MESSAGE, echo_answer
 from test.support.server import (
+    ROOT,
     ServerProcess,
     Tenant,
     corpus_files,
@@ -179,3 +182,69 @@ async def test_malformed_json_and_unknown_chat(api):
     assert body["code"] == 101 and body["message"].startswith("invalid JSON")
     body = (await api.post(f"/chats/{'0' * 32}/completions", json={"question": "hi"})).json()
     assert body == {"code": 102, "message": f"You don't own the chat {'0' * 32}", "data": None}
+
+
+# -- what docs/http_api.md says about these routes -------------------------------------
+HTTP_API_DOC = ROOT / "docs" / "http_api.md"
+
+
+def documented_block(heading: str) -> str:
+    """The first fenced block after ``heading`` in docs/http_api.md."""
+    return HTTP_API_DOC.read_text(encoding="utf-8").split(heading, 1)[1].split("```", 2)[1]
+
+
+async def test_documented_sse_example_has_the_fields_of_real_frames(api, corpus):
+    _, frames = await sse(api, corpus["chat_id"], {"question": "How many days do I have to return a purchase?"})
+    real = content_frames(frames)
+    documented = [line[len("data:"):] for line in documented_block("### SSE format").splitlines() if line.startswith("data:")]
+    assert json.loads(documented[-1]) == END == frames[-1]
+    *deltas, final = documented[:-1]
+    for line in deltas:
+        frame = json.loads(line)
+        assert set(frame) == set(real[0]) and set(frame["data"]) == set(real[0]["data"]), line
+        assert frame["data"]["final"] is False
+    assert [json.loads(line)["data"]["seq"] for line in deltas[:2]] == [1, 2]
+    assert '"final":true' in final
+    for key in real[-1]["data"]:  # the final frame is abridged (…), so not JSON
+        assert f'"{key}":' in final, key
+
+    whole = (await api.post(f"/chats/{corpus['chat_id']}/completions", json={"question": "refund?", "stream": False})).json()
+    example = documented_block("### `stream: false`")
+    for key in whole["data"]:
+        assert f'"{key}":' in example, key
+
+
+async def test_unknown_fields_are_refused_or_ignored_as_documented(api, corpus):
+    conventions = HTTP_API_DOC.read_text(encoding="utf-8").split("## Conventions", 1)[1].split("###", 1)[0]
+    assert "ignore the fields they do not" in conventions, conventions
+    refused, ignored = conventions.split("ignore the fields they do not", 1)
+    assert "completions" in ignored and "completions" not in refused and "`POST /retrieval`" in ignored
+    assert "sessions" in refused and "datasets" in refused and "chats" in refused
+
+    chat_id = corpus["chat_id"]
+    body = (await api.post(f"/chats/{chat_id}/completions", json={"question": "refund?", "stream": False, "bogus": 1})).json()
+    assert body["code"] == 0
+    body = (await api.post("/retrieval", json={"question": "refund", "dataset_ids": [corpus["dataset_id"]], "bogus": 1})).json()
+    assert body["code"] == 0
+    body = (await api.post(f"/chats/{chat_id}/sessions", json={"name": "s", "bogus": 1})).json()
+    assert body == {"code": 101, "message": "`bogus`: Extra inputs are not permitted", "data": None}
+
+
+def test_error_code_table_lists_every_code_of_the_http_api():
+    table = HTTP_API_DOC.read_text(encoding="utf-8").split("### Error codes", 1)[1].split("```", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
+    returned = {RetCode.SUCCESS, RetCode.ARGUMENT_ERROR, RetCode.DATA_ERROR, RetCode.AUTHENTICATION_ERROR,
+                RetCode.TOO_MANY_REQUESTS, RetCode.SERVER_ERROR}
+    assert {int(code) for code in returned} <= documented
+    assert int(RetCode.TOO_MANY_REQUESTS) == 429
+
+
+async def test_health_fields_are_the_documented_ones(server):
+    from api.apps.sdk.system import health
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        data = ok(await http.get(f"{server.api_url}/health"))
+    row = next(line for line in HTTP_API_DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| `GET /health`"))
+    for field in data:
+        assert f'"{field}"' in health.__doc__, field
+        assert f'"{field}"' in row, field

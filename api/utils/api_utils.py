@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Response, g, jsonify, request, websocket
 
+from api.db.db_models import APIToken, Tenant, db_session
 from api.db.services import tenant_service
 from api.runtime import get_runtime
 from api.streaming.limits import Refused
@@ -220,6 +221,28 @@ def authenticate(token: str | None) -> Identity:
     return Identity(tenant_id, f"session:{tenant_id}", via="session")
 
 
+def confirm_ticket_identity(identity: Identity) -> Identity:
+    """``identity`` from a ticket, if its credentials still hold (blocking: DB).
+
+    A ticket is signed when issued; the key it was issued with may have been revoked
+    (or the tenant removed) since, within the ticket's lifetime.
+
+    Raises:
+        AuthError: the key is revoked or gone, or the tenant no longer exists.
+    """
+    kind, _, reference = identity.principal.partition(":")
+    with db_session():
+        if kind == "key":
+            row = APIToken.get_or_none(APIToken.id == reference)
+            if row is None or row.tenant_id != identity.tenant_id:
+                raise AuthError("Authentication error: the API key this ticket was issued with no longer exists")
+            if row.revoked_time is not None:
+                raise AuthError("Authentication error: the API key this ticket was issued with has been revoked")
+        if Tenant.get_or_none(Tenant.id == identity.tenant_id) is None:
+            raise AuthError("Authentication error: the tenant of this ticket no longer exists")
+    return identity
+
+
 def current_identity() -> Identity:
     """The identity authenticated for this request or WebSocket."""
     return g.identity
@@ -262,7 +285,7 @@ async def _ws_identity() -> Identity:
     runtime = get_runtime()
     ticket = websocket.args.get("ticket")
     if ticket:
-        return await runtime.tickets.redeem(ticket)
+        return await run_blocking(confirm_ticket_identity, await runtime.tickets.redeem(ticket))
     token = _offered_key() or _bearer(websocket.headers.get("Authorization")) or websocket.args.get("token")
     identity = await run_blocking(authenticate, token)
     origin = (websocket.headers.get("Origin") or "").rstrip("/")

@@ -2,8 +2,12 @@
 
 API keys, tickets and session tokens may travel in URLs (``?token=``, ``?ticket=``)
 because browsers and mini programs cannot always set headers on a WebSocket. These
-helpers replace them with ``REDACTED`` in hypercorn's access log and in every
-application log record.
+helpers replace them with ``REDACTED`` in every log record of the process, whichever
+logger and handler writes it (the application's, hypercorn's error and access logs,
+libraries'): :func:`install_log_redaction` redacts each record as it is created.
+:class:`RedactingAccessLogger` (hypercorn's ``logger_class``) also routes hypercorn's
+error log through the root logger's handlers instead of a second handler of its own,
+so that each of its lines is written once.
 """
 
 from __future__ import annotations
@@ -37,7 +41,23 @@ SECRET_HEADERS = frozenset({b"authorization", b"sec-websocket-protocol", b"cooki
 
 
 class RedactingAccessLogger(Logger):
-    """hypercorn logger whose access lines never show credentials (URL or headers)."""
+    """hypercorn logger whose lines never show credentials (URL or headers).
+
+    hypercorn gives ``hypercorn.error`` a stderr handler of its own while the logger
+    also propagates to the root logger, so every line came out twice (once without
+    the root's format). When the root logger has handlers, that extra handler is
+    dropped and the logger's level follows the root's (``RAGSOCKET_LOG_LEVEL``).
+    The access log keeps its own handler (stdout or a file, not propagated).
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        install_log_redaction()
+        root = logging.getLogger()
+        error_logger = self.error_logger
+        if error_logger is not None and error_logger.propagate and root.handlers and config.errorlog == "-":
+            error_logger.handlers = []
+            error_logger.setLevel(logging.NOTSET)
 
     async def access(self, request: Any, response: Any, request_time: float) -> None:
         query = request.get("query_string", b"")
@@ -49,18 +69,53 @@ class RedactingAccessLogger(Logger):
         await super().access({**request, "query_string": clean, "headers": headers}, response, request_time)
 
 
+def redact_record(record: logging.LogRecord) -> None:
+    """Redact a record in place: its message, its traceback text and stack info."""
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a bad format is reported by the handler as usual
+        return
+    cleaned = redact(message)
+    if cleaned != message:
+        record.msg, record.args = cleaned, None
+    if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+        # formatted now so that a credential in an exception message is redacted too
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
 class RedactingFilter(logging.Filter):
-    """A logging filter that redacts credentials in a record's final message."""
+    """A logging filter that redacts credentials in a record (see :func:`redact_record`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        redact_record(record)
         return True
 
 
+class _RedactingRecordFactory:
+    """Wraps the log record factory: every record is redacted when it is created."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.inner(*args, **kwargs)
+        redact_record(record)
+        return record
+
+
 def install_log_redaction() -> None:
-    """Attach :class:`RedactingFilter` to every handler of the root logger."""
+    """Redact every log record of the process, whichever handler writes it.
+
+    Installs a record factory (:func:`logging.setLogRecordFactory`), so that records
+    of loggers with handlers of their own (hypercorn's, libraries') are covered as
+    well as the root logger's; the root's handlers also get a :class:`RedactingFilter`
+    for records made without the factory (``logging.makeLogRecord``). Idempotent.
+    """
+    factory = logging.getLogRecordFactory()
+    if not isinstance(factory, _RedactingRecordFactory):
+        logging.setLogRecordFactory(_RedactingRecordFactory(factory))
     for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
+        if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
+            handler.addFilter(RedactingFilter())

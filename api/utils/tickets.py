@@ -70,6 +70,10 @@ class TicketBook:
     async def redeem(self, ticket: str) -> Identity:
         """The identity inside a valid, unused ticket (now used).
 
+        Only the ticket is checked here, not the database: the WebSocket handshake
+        (``api.utils.api_utils.confirm_ticket_identity``) then checks that the key
+        it was issued with is not revoked and that the tenant still exists.
+
         Raises:
             AuthError: bad signature, expired, or already used.
         """

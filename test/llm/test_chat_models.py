@@ -17,12 +17,15 @@ from api.rag.llm import (
     available_models,
     get_chat_model,
 )
+from api.rag.llm.cancel_watch import WATCHER, CancelWatcher
 from api.rag.llm.offline import split_deltas, split_sentences
 from api.rag.prompt import build_messages, format_knowledge, retrieval_question
 from common.constants import DEFAULT_SYSTEM_PROMPT, OFFLINE_MODEL_NAME
 from test.support.openai_server import (
     SLOW_CHUNKS,
     SLOW_INTERVAL,
+    STALL,
+    STALL_SECONDS,
     OpenAITestServer,
     echo_answer,
 )
@@ -289,6 +292,100 @@ def test_openai_cancel_during_slow_returns_promptly(server):
     assert elapsed < SLOW_CHUNKS * SLOW_INTERVAL / 4  # full stream takes ~3.8 s
 
 
+def _stream_with_stop_after_first(model, cancel: threading.Event, stop_delay: float) -> tuple[list[str], float]:
+    """Stream ``model``; ``stop_delay`` s after the first delta, set ``cancel`` from
+    another thread. Returns the deltas and the seconds from the stop to the end."""
+    deltas: list[str] = []
+    stopped_at: list[float] = []
+
+    def stop() -> None:
+        stopped_at.append(time.monotonic())
+        cancel.set()
+
+    timer = None
+    for delta in model.stream(make_request("hi"), cancel):
+        deltas.append(delta)
+        if timer is None:
+            timer = threading.Timer(stop_delay, stop)
+            timer.start()
+    ended = time.monotonic()
+    if timer is not None:
+        timer.join()
+    return deltas, ended - stopped_at[0] if stopped_at else float("inf")
+
+
+def test_openai_stop_while_model_is_silent_ends_the_stream_promptly(server):
+    """The model sends one chunk then goes quiet for 30 s: a stop must not wait for it."""
+    model = OpenAIChatModel(server.base_url, "sk-test", STALL, 60)
+    cancel = threading.Event()
+    started = time.monotonic()
+
+    deltas, after_stop = _stream_with_stop_after_first(model, cancel, 0.3)
+
+    assert deltas == ["first "]  # no error raised: a stop is not a failure
+    assert after_stop < 2, f"stream ended {after_stop:.1f} s after the stop"
+    assert time.monotonic() - started < STALL_SECONDS / 3
+    assert WATCHER.watching() == 0
+    # the shared client's pool is still usable after the connection was shut down
+    echo = OpenAIChatModel(server.base_url, "sk-test", "echo", 10)
+    echo._client = model._client  # same connection pool
+    assert "".join(collect(echo, make_request("again"))).startswith("You asked: again.")
+
+
+def _own_threads() -> list[str]:
+    """Names of this process's threads, without the test server's request handlers."""
+    return sorted(t.name for t in threading.enumerate() if "process_request_thread" not in t.name)
+
+
+def test_openai_streams_leave_no_watch_or_thread_behind(server):
+    model = OpenAIChatModel(server.base_url, "sk-test", "echo", 10)
+    collect(model, make_request("warm up"))
+    threads = _own_threads()
+    for index in range(10):
+        assert "".join(collect(model, make_request(f"q{index}"))).startswith(f"You asked: q{index}.")
+    cancel = threading.Event()
+    for _ in model.stream(make_request("cut"), cancel):
+        cancel.set()
+    assert WATCHER.watching() == 0
+    assert _own_threads() == threads
+    assert [name for name in threads if name == "llm-cancel-watcher"] == ["llm-cancel-watcher"]
+    model.close()
+
+
+def test_cancel_watcher_runs_action_once_and_never_after_the_block():
+    watcher = CancelWatcher(interval=0.01)
+    calls: list[str] = []
+    event = threading.Event()
+    with watcher.watch(event, lambda: calls.append("fired")):
+        event.set()
+        deadline = time.monotonic() + 2
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    assert calls == ["fired"]
+
+    late = threading.Event()
+    with watcher.watch(late, lambda: calls.append("late")):
+        pass
+    late.set()
+    time.sleep(0.05)
+    assert calls == ["fired"] and watcher.watching() == 0
+
+
+def test_cancel_watcher_survives_a_failing_action():
+    watcher = CancelWatcher(interval=0.01)
+    first, second = threading.Event(), threading.Event()
+    done = threading.Event()
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with watcher.watch(first, boom), watcher.watch(second, done.set):
+        first.set()
+        second.set()
+        assert done.wait(2)
+
+
 def test_openai_cancel_before_start_sends_nothing(server):
     cancel = threading.Event()
     cancel.set()
@@ -347,5 +444,5 @@ def test_test_server_non_streaming_and_models(server):
     messages = [{"role": "system", "content": "Rules\nKnowledge text"}, {"role": "user", "content": "q?"}]
     completion = client.chat.completions.create(model="echo", messages=messages)
     assert completion.choices[0].message.content == "You asked: q?. The knowledge says: Knowledge text"
-    assert sorted(model.id for model in client.models.list()) == ["echo", "error-500", "fail-midstream", "slow"]
+    assert sorted(model.id for model in client.models.list()) == ["echo", "error-500", "fail-midstream", "slow", "stall"]
     client.close()

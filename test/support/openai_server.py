@@ -20,6 +20,9 @@ The requested model name chooses the behaviour:
     HTTP 500 with an OpenAI-style error JSON.
 ``slow``
     20 chunks (``"tick0 "`` .. ``"tick19 "``), one every 0.2 s.
+``stall``
+    streams one chunk (``"first "``), then sends nothing for :data:`STALL_SECONDS`
+    (or until the test server stops) before finishing: a model that goes quiet.
 ``long-<n>`` (e.g. ``long-5000``)
     ``n`` chunks (``"token0 "`` .. ``"token<n-1> "``) as fast as the client reads
     them, for answers of any length (benchmarks). Not in ``GET /v1/models``.
@@ -61,7 +64,8 @@ ECHO = "echo"
 FAIL_MIDSTREAM = "fail-midstream"
 ERROR_500 = "error-500"
 SLOW = "slow"
-MODELS = (ECHO, FAIL_MIDSTREAM, ERROR_500, SLOW)
+STALL = "stall"
+MODELS = (ECHO, FAIL_MIDSTREAM, ERROR_500, SLOW, STALL)
 #: ``long-<n>``: n chunks streamed without delay.
 LONG_MODEL = re.compile(r"long-(\d{1,9})")
 
@@ -70,6 +74,8 @@ AGENT_LOOP = "agent-loop"
 AGENT_SLOW_LOOP = "agent-slow-loop"
 AGENT_MODELS = (AGENT_TOOL, AGENT_LOOP, AGENT_SLOW_LOOP)
 AGENT_SLOW_INTERVAL = 0.2
+#: How long the ``stall`` model stays silent after its first chunk.
+STALL_SECONDS = 30.0
 
 SLOW_CHUNKS = 20
 SLOW_INTERVAL = 0.2
@@ -184,6 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
                 yield f"tick{index} "
         elif model == FAIL_MIDSTREAM:
             yield from ("Partial ", "answer ")
+        elif model == STALL:
+            yield "first "
+            self.server.owner._stopping.wait(STALL_SECONDS)
+            yield "late "
         else:
             yield from split_words(echo_answer(request.get("messages") or []))
 
@@ -313,6 +323,7 @@ class OpenAITestServer:
         self.requests: list[dict] = []
         self.authorizations: list[str | None] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -324,6 +335,7 @@ class OpenAITestServer:
 
     def start(self) -> "OpenAITestServer":
         """Bind 127.0.0.1 on a free port and serve in a daemon thread."""
+        self._stopping.clear()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
         self._thread = threading.Thread(target=self._server.serve_forever, name="openai-test-server", daemon=True)
@@ -332,6 +344,7 @@ class OpenAITestServer:
 
     def stop(self) -> None:
         """Stop serving and close the listening socket."""
+        self._stopping.set()  # release stalled answers
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -51,7 +51,7 @@ async def _redis_status() -> str:
 
 @manager.route("/health", methods=["GET"])
 async def health():
-    """``{"status": "ok" | "degraded", "database", "redis", "version", "connections"}``;
+    """``{"status": "ok" | "degraded", "database", "redis", "version", "websocket_connections"}``;
     HTTP 503 when a configured dependency is down (for load balancers)."""
     database, redis_state = await _database_status(), await _redis_status()
     healthy = database == "ok" and redis_state in ("ok", "disabled")

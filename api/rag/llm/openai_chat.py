@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import httpx
 import openai
 
 from api.rag.llm.base import ChatModelError, ChatRequest
+from api.rag.llm.cancel_watch import WATCHER
 
 try:  # openai v3 talks through httpx2; older versions through httpx.
     import httpx2
@@ -86,7 +89,11 @@ class OpenAIChatModel:
         """Yield the non-empty ``choices[0].delta.content`` of each streamed chunk.
 
         Blocking. ``cancel`` is checked before the request and after every received
-        chunk; once set, the upstream response is closed and the iterator returns.
+        chunk, and watched while waiting for the next one (:data:`WATCHER`): once it
+        is set, the upstream connection is shut down from the watcher thread, so the
+        blocked read returns within a fraction of a second even when the model has
+        gone quiet, and the iterator returns without an error. (A stop while the
+        request waits for the response headers is noticed when they arrive.)
 
         Raises:
             ChatModelError: the request failed (message names the HTTP status if
@@ -96,7 +103,7 @@ class OpenAIChatModel:
         if cancel.is_set():
             return
         upstream = self._open(request)
-        with upstream:
+        with upstream, closing_on_cancel(upstream, cancel):
             yield from self._deltas(upstream, cancel)
 
     def _open(self, request: ChatRequest) -> openai.Stream:
@@ -123,6 +130,8 @@ class OpenAIChatModel:
                     started = True
                     yield choice.delta.content
         except CLIENT_ERRORS as error:
+            if cancel.is_set():
+                return  # the watcher shut the connection down: a stop, not a failure
             raise self._failure(error, started=started) from error
         if not finished and not cancel.is_set():
             logger.warning("chat model %s: stream ended without a finish_reason", self.name)
@@ -132,3 +141,69 @@ class OpenAIChatModel:
         """Log the upstream error for the operator and wrap it for the client."""
         logger.warning("chat model %s failed: %s: %s", self.name, type(error).__name__, error)
         return ChatModelError(describe_error(error, started))
+
+
+@contextmanager
+def closing_on_cancel(upstream: openai.Stream, cancel: threading.Event) -> Iterator[None]:
+    """Inside the block, setting ``cancel`` ends a read blocked on ``upstream`` at once.
+
+    The shared :data:`WATCHER` shuts the response's connection down within
+    ``WATCHER.interval`` seconds of ``cancel`` being set; the reading thread then gets
+    one of :data:`CLIENT_ERRORS` (or the end of the stream) and should treat it as
+    the stop when ``cancel.is_set()``. Use inside ``with upstream:``, so that the
+    watch ends before the stream is closed::
+
+        with upstream, closing_on_cancel(upstream, cancel):
+            for chunk in upstream: ...
+    """
+    closer = _UpstreamCloser(upstream.response)
+    with WATCHER.watch(cancel, closer.abort):
+        yield
+
+
+class _UpstreamCloser:
+    """Shuts a streamed response's connection down from another thread.
+
+    ``Response.close()`` alone does not wake a thread blocked in ``recv`` on the
+    socket; ``shutdown(SHUT_RDWR)`` does (the read sees end-of-file). The socket is
+    only shut down while the response still owns its connection: once the response
+    is released (its ``close()`` ran, e.g. after ``[DONE]``) the connection may be
+    back in the shared pool, serving another request, and is left alone.
+    """
+
+    def __init__(self, response: Any) -> None:
+        self._lock = threading.Lock()
+        self._released = False
+        self._socket = _socket_of(response)
+        release = response.close
+
+        def close() -> None:
+            with self._lock:
+                self._released = True
+            release()
+
+        response.close = close  # the stream and the response call it on every path
+
+    def abort(self) -> None:
+        """Make the reading thread's blocked read return now (watcher thread)."""
+        with self._lock:
+            # No socket (HTTP/2, unknown transport): closing from this thread could
+            # block the shared watcher; the read timeout still bounds the wait.
+            if self._released or self._socket is None:
+                return
+            try:  # the plain socket's shutdown, also under TLS (SSLSocket's would unwrap)
+                socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+
+def _socket_of(response: Any) -> socket.socket | None:
+    """The socket of an HTTP/1.1 response of httpx/httpx2 (None for HTTP/2 or unknown).
+
+    An HTTP/2 connection multiplexes other requests: it is never shut down here.
+    """
+    if getattr(response, "http_version", None) != "HTTP/1.1":
+        return None
+    stream = (getattr(response, "extensions", None) or {}).get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    return sock if isinstance(sock, socket.socket) else None
