@@ -9,7 +9,7 @@ from websockets.asyncio.client import connect
 
 from test.support.openai_server import STALL, STALL_SECONDS
 from test.support.server import api_client, auth, make_chat
-from test.support.ws import chat_url, content_frames, read_answer, recv_json
+from test.support.ws import agent_url, chat_url, content_frames, read_answer, recv_json
 
 
 async def test_stop_while_the_model_is_silent_ends_the_answer_promptly(server, tenant):
@@ -31,3 +31,23 @@ async def test_stop_while_the_model_is_silent_ends_the_answer_promptly(server, t
         # the connection (and the model's connection pool) serve the next question
         await ws.send(json.dumps({"type": "ping", "req_id": "p"}))
         assert (await recv_json(ws))["type"] == "pong"
+
+
+async def test_stop_while_an_agent_model_is_silent_ends_the_run_promptly(server, tenant):
+    async with api_client(server, tenant) as api:
+        body = {"title": f"stall-{time.monotonic_ns()}", "dsl": {"llm": {"model_name": STALL}, "tools": [{"type": "calculator"}]}}
+        response = await api.post("/agents", json=body)
+        agent_id = response.json()["data"]["id"]
+    async with connect(agent_url(server, agent_id), additional_headers=auth(tenant)) as ws:
+        await ws.send(json.dumps({"question": "hello?", "req_id": "a"}))
+        while (frame := await recv_json(ws)).get("event") != "message":
+            assert frame["code"] == 0, frame
+        assert frame["data"]["content"] == "first ", frame
+        stopped = time.monotonic()
+        await ws.send(json.dumps({"type": "stop", "req_id": "a"}))
+        frames = await read_answer(ws, timeout=STALL_SECONDS)
+        elapsed = time.monotonic() - stopped
+    assert elapsed < 2, f"the run ended {elapsed:.1f} s after the stop"
+    end = frames[-2]
+    assert end["event"] == "message_end" and end["data"]["interrupted"] is True, frames
+    assert end["data"]["content"] == "first "

@@ -51,7 +51,12 @@ from api.db.services.retrieval_service import retrieve
 from api.db.services.session_store import SessionStore
 from api.rag.llm import ChatModelError, ChatRequest
 from api.rag.llm.offline import compose_answer, split_deltas
-from api.rag.llm.openai_chat import CLIENT_ERRORS, MID_ANSWER, describe_error
+from api.rag.llm.openai_chat import (
+    CLIENT_ERRORS,
+    MID_ANSWER,
+    closing_on_cancel,
+    describe_error,
+)
 from api.runtime import get_runtime
 from common.constants import OFFLINE_MODEL_NAME
 
@@ -502,7 +507,9 @@ def _model_step(run: _Run, client: openai.OpenAI, messages: list[dict], tools: l
     text: list[str] = []
     calls: dict[int, _PendingCall] = {}
     finished = False
-    with upstream:  # leaving the block closes the stream (and its connection) early
+    # Leaving the block closes the stream (and its connection) early; a stop shuts the
+    # connection down at once, even while a read waits on a silent model.
+    with upstream, closing_on_cancel(upstream, run.cancel):
         try:
             for chunk in upstream:
                 if run.cancel.is_set():
@@ -526,6 +533,8 @@ def _model_step(run: _Run, client: openai.OpenAI, messages: list[dict], tools: l
                         pending.name += piece.function.name or ""
                         pending.arguments += piece.function.arguments or ""
         except CLIENT_ERRORS as error:
+            if run.cancel.is_set():
+                return _StepResult("".join(text), [])  # the stop shut the connection down
             if isinstance(error, _MODEL_TIMEOUTS) and run.remaining <= 0:
                 return _StepResult("".join(text), [], expired=True)
             raise ChatModelError(describe_error(error, started=bool(text or calls))) from error
