@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python -m test.benchmark.ws_protocol [--idle 2000] [--slow 200] [--slow-seconds 10]
-                                         [--chunks 5000] [--long-chunks 20000]
+    python -m test.benchmark.ws_protocol [--idle 2000] [--slow 200] [--slow-seconds 90]
+                                         [--slow-interval 1.0] [--client-rcvbuf 4096]
+                                         [--client-mss 536] [--passage-words 2000]
                                          [--fast-chunks 1000] [--trials 30]
 
 Every figure comes from real servers (``python -m api`` started by
@@ -18,17 +19,32 @@ client). Three measurements, one table (or two) each:
    they are all closed, and with as many opened again (reused or leaked?). A warm-up
    of 256 connections comes first. The soft ``RLIMIT_NOFILE`` is raised to the hard
    limit before any server starts, so the servers inherit it.
-2. **Slow readers** — a server whose chats use the OpenAI-compatible test server
-   (model ``long-<n>``: n chunks as fast as they are read; run in its own process)
-   and ``RAGSOCKET_STREAM_QUEUE_FRAMES=32``. ``--slow`` clients ask one question each
-   and read one frame every 50 ms for ``--slow-seconds``; RSS is sampled every
-   second. Repeated with a 4x longer answer (``--long-chunks``, 0 skips) and, when
-   Redis answers, with the event log in Redis (control: frames not kept in the
-   process). Then the same number of clients read ``long-<--fast-chunks>`` answers as
-   fast as they can, to the end. Each run has a fresh server. After a slow run the
-   clients leave; the partial answers the server saved (interrupted) tell how far
-   each stream's producer got; the loopback sockets' queues (``/proc/net/tcp``) tell
-   what the kernel held at the end.
+2. **Slow readers** — readers far slower than the server produces. The server answers
+   with the built-in offline model at full speed (``RAGSOCKET_OFFLINE_TOKEN_DELAY=0``,
+   ``RAGSOCKET_STREAM_QUEUE_FRAMES=32``) from a dataset of three long passages with no
+   sentence end, one chunk each, so that one answer is 3 × ``--passage-words``
+   one-word frames (6 009 by default), made in well under a second when nothing holds
+   the producer back. ``--slow`` clients ask one question each, read the first frame,
+   then either read one frame every ``--slow-interval`` seconds (default 1 s) or never
+   read again, for ``--slow-seconds``. Their sockets have a small receive buffer
+   (``--client-rcvbuf``) and advertise a small MSS (``--client-mss``): on loopback the
+   server's kernel send buffer autotunes with the MSS (64 KiB) to ~3 MB per
+   connection, which would take ~15 000 frames per stream and hide the server's own
+   bound; with MSS 536 it stays ~150–250 KB (``0`` keeps the OS default). The
+   websockets client queues one message at most (``max_queue=1``) and compression is
+   off. Sampled every second: server RSS and threads, and the bytes in all the
+   connections' kernel socket queues (server send + client receive, ``/proc/net/tcp``).
+   At the end each connection's queues are read, then the clients drop their
+   connections (RST) at once; the server stops the answers and saves the partial
+   text, whose word count is the number of frames the producer made. Frames **held
+   in the server process** = produced − read by the client − in the kernel queues
+   (bytes / mean frame size), compared with the bound: the bridge buffer, the item
+   waiting for room and the one being sent, and what hypercorn's transport buffers
+   before ``drain()`` blocks (64 KiB). Runs: one frame per ``--slow-interval``; never
+   reads; never reads with the event log in Redis (when Redis answers: frames sent
+   are not kept in the process). Then, ``--fast-chunks`` > 0: the same number of
+   clients read ``long-<--fast-chunks>`` answers (OpenAI-compatible test server, run
+   in its own process) as fast as they can, to the end. Each run has a fresh server.
 3. **Resume latency** — offline model at ``RAGSOCKET_OFFLINE_TOKEN_DELAY=0.02`` (an
    answer of 50 frames, ~1 s): ask with ``"resumable": true``, read 3 frames,
    close, reconnect at once and send ``{"type": "resume", …, "last_seq": 3}``; the
@@ -52,6 +68,7 @@ import json
 import os
 import platform
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -72,11 +89,17 @@ from test.support.server import (
     make_chat,
     make_dataset,
     ok,
+    wait_parsed,
 )
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 STREAM_QUEUE_FRAMES = 32
-SLOW_READ_INTERVAL = 0.05
+#: asyncio's default write-buffer high-water mark: hypercorn's ``drain()`` returns once
+#: the transport holds no more than this.
+TRANSPORT_HIGH_WATER = 64 * 1024
+#: Frames in the server beyond the bridge buffer: the generator's item waiting for
+#: room and the consumer's item being sent.
+IN_HAND = 2
 OFFLINE_TOKEN_DELAY = 0.02
 RESUME_AFTER_FRAMES = 3
 #: Seconds between resume trials (earlier answers, ~1 s long, still run meanwhile).
@@ -103,6 +126,15 @@ DOCUMENT = (
 #: Also the long-<n> chats' question: with no relevant chunk the service answers
 #: "not found" without calling the model.
 QUESTION = "How is the Lumen lamp assembled, tested, dimmed and powered?"
+#: The slow readers' answer: three passages of ``--passage-words`` words, each one
+#: sentence (no sentence end) holding both words of PASSAGE_QUESTION and one chunk
+#: (chunk_token_num just above a passage), so the offline answer is all three: one
+#: frame per word.
+PASSAGE_QUESTION = "How does the lumen glow?"
+
+
+def passage(index: int, words: int) -> str:
+    return "lumen glow " + " ".join(f"beam{index}x{i:05d}" for i in range(words))
 
 
 # -- process and socket figures ------------------------------------------------------
@@ -149,6 +181,19 @@ def socket_queues(port: int) -> tuple[int, int, int]:
     return server_tx, client_rx, count
 
 
+def tcp_queues() -> dict[tuple[int, int], tuple[int, int]]:
+    """(local port, remote port) → (tx_queue, rx_queue) bytes of established IPv4 TCP sockets."""
+    queues = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        if parts[3] != "01":  # ESTABLISHED
+            continue
+        local, remote = int(parts[1].split(":")[1], 16), int(parts[2].split(":")[1], 16)
+        tx, rx = (int(value, 16) for value in parts[4].split(":"))
+        queues[(local, remote)] = (tx, rx)
+    return queues
+
+
 # -- servers -------------------------------------------------------------------------
 
 
@@ -191,9 +236,11 @@ class Bench:
 
     root: Path
     llm: LLMProcess
+    passage_words: int = 2000
     tenant: Tenant | None = None
     dataset_id: str = ""
     offline_chat: str = ""
+    passage_chat: str = ""
     servers: list[tuple[str, ServerProcess]] = field(default_factory=list)
 
     @property
@@ -228,12 +275,22 @@ class Bench:
         return f"{server.ws_url}/ws/chats/{chat_id}/completions"
 
     async def setup(self, server: ServerProcess) -> None:
-        """Tenant (CLI), a parsed dataset and an offline chat over it."""
+        """Tenant (CLI), a parsed dataset and an offline chat over it, and the long
+        passages' dataset and its offline chat (slow readers)."""
         self.tenant = create_tenant(server.env, "bench")
         async with self.api(server) as api:
             self.dataset_id, docs = await make_dataset(api, {"lumen.txt": DOCUMENT.encode()})
             assert docs[0]["run"] == "DONE", docs
             self.offline_chat = (await make_chat(api, [self.dataset_id]))["id"]
+            # one passage (words + 2 tokens) per chunk
+            body = {"name": "passages", "parser_config": {"chunk_token_num": min(self.passage_words + 16, 8192)}}
+            passages_id = ok(await api.post("/datasets", json=body))["id"]
+            text = "\n\n".join(passage(index, self.passage_words) for index in range(3))
+            docs = ok(await api.post(f"/datasets/{passages_id}/documents", files=[("file", ("passages.txt", text.encode()))]))
+            ok(await api.post(f"/datasets/{passages_id}/chunks", json={"document_ids": [d["id"] for d in docs]}))
+            (doc,) = await wait_parsed(api, passages_id)
+            assert doc["run"] == "DONE" and doc["chunk_count"] == 3, doc
+            self.passage_chat = (await make_chat(api, [passages_id]))["id"]
 
     async def long_chat(self, server: ServerProcess, model: str) -> str:
         """A chat answered by the test server's ``model``; ``server`` must have it as
@@ -333,28 +390,12 @@ def idle_table(result: IdleResult) -> str:
 # -- 2. slow and fast readers --------------------------------------------------------
 
 
-@dataclass
-class ReaderResult:
-    label: str
-    clients: int
-    chunks: int
-    samples: list[tuple[float, float, int]]  # (t, RSS MB, threads)
-    baseline: float
-    peak: float  # VmHWM, MB
-    frames_read: list[int]
-    produced: list[int] = field(default_factory=list)  # tokens in the saved (partial) answers
-    server_send_q: int = 0
-    client_recv_q: int = 0
-    wall: float = 0.0
-    completed: int = 0
-    after_close: float = 0.0
-    timed_out: bool = False
-
-
-async def sampler(pid: int, started: float, samples: list, stop: asyncio.Event) -> None:
+async def sampler(pid: int, port: int, started: float, samples: list, stop: asyncio.Event) -> None:
+    """Every second: (t, RSS MB, threads, bytes in the kernel queues of ``port``'s connections)."""
     while True:
         status = proc_status(pid)
-        samples.append((time.perf_counter() - started, status["VmRSS"] / 1024, status["Threads"]))
+        server_tx, client_rx, _ = socket_queues(port)
+        samples.append((time.perf_counter() - started, status["VmRSS"] / 1024, status["Threads"], server_tx + client_rx))
         try:
             await asyncio.wait_for(stop.wait(), 1.0)
             return
@@ -363,13 +404,13 @@ async def sampler(pid: int, started: float, samples: list, stop: asyncio.Event) 
 
 
 async def saved_token_counts(bench: Bench, server: ServerProcess, chat_id: str, ids: list[tuple[str, str]]) -> list[int]:
-    """Words in each saved assistant message (one ``token<i> `` per chunk)."""
+    """Words in each saved assistant message (one word per frame), -1 if never saved."""
     gate = asyncio.Semaphore(16)
     async with bench.api(server) as api:
 
         async def one(session_id: str, message_id: str) -> int:
             async with gate:
-                for _ in range(100):
+                for _ in range(300):
                     sessions = ok(await api.get(f"/chats/{chat_id}/sessions", params={"id": session_id}))
                     found = [m for m in sessions[0]["messages"] if m.get("id") == message_id]
                     if found:
@@ -380,29 +421,116 @@ async def saved_token_counts(bench: Bench, server: ServerProcess, chat_id: str, 
         return list(await asyncio.gather(*(one(s, m) for s, m in ids)))
 
 
-async def measure_readers(
-    bench: Bench, server: ServerProcess, chat_id: str, label: str, clients: int, chunks: int, slow: bool, seconds: float
-) -> ReaderResult:
+def wire_bytes(text: str) -> int:
+    """Size on the wire of a server-to-client text frame (unmasked, no compression)."""
+    size = len(text.encode())
+    return size + (2 if size < 126 else 4 if size < 65536 else 10)
+
+
+async def connect_clamped(url: str, headers: dict[str, str], count: int, rcvbuf: int, mss: int):
+    """``count`` connections whose sockets have a ``rcvbuf`` receive buffer and advertise
+    an MSS of ``mss`` (0: the OS default), one message queued at most, no compression."""
+    from websockets.asyncio.client import connect
+
+    gate = asyncio.Semaphore(OPEN_CONCURRENCY)
+    loop = asyncio.get_running_loop()
+    port = int(url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+    async def one():
+        async with gate:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if mss:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            options = {**CLIENT_OPTIONS, "max_queue": 1, "compression": None}
+            return await connect(url, sock=sock, additional_headers=headers, **options)
+
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+@dataclass
+class StallResult:
+    label: str
+    clients: int
+    interval: float | None  # seconds between reads; None: never reads after the first frame
+    answer_frames: int  # delta frames of the whole answer
+    frame_bytes: float  # mean wire size of a delta frame
+    rcvbuf: int  # client socket receive buffer as the kernel reports it
+    samples: list[tuple[float, float, int, int]]  # (t, RSS MB, threads, kernel queue bytes)
+    baseline: float
+    peak: float  # VmHWM, MB
+    frames_read: list[int]
+    produced: list[int] = field(default_factory=list)  # words in the saved partial answers
+    kernel: list[int] = field(default_factory=list)  # bytes in each connection's queues at the end
+    wall: float = 0.0
+    completed: int = 0
+    after_close: float = 0.0
+
+    @property
+    def transport_frames(self) -> float:
+        return TRANSPORT_HIGH_WATER / self.frame_bytes
+
+    @property
+    def bound(self) -> float:
+        """Frames a bounded server may hold per stream: bridge + in hand + transport."""
+        return STREAM_QUEUE_FRAMES + IN_HAND + self.transport_frames
+
+    @property
+    def client_library(self) -> float:
+        """Frames the client library may have taken off its socket in one read and kept."""
+        return self.rcvbuf / self.frame_bytes + 1
+
+    def held(self) -> list[float]:
+        """Per stream: produced − read − in the kernel queues (frames)."""
+        return [
+            produced - read - kernel / self.frame_bytes
+            for produced, read, kernel in zip(self.produced, self.frames_read, self.kernel)
+            if produced >= 0
+        ]
+
+
+async def measure_stalled(
+    bench: Bench, server: ServerProcess, label: str, clients: int, interval: float | None, seconds: float,
+    rcvbuf: int, mss: int,
+) -> StallResult:
+    from websockets.asyncio.client import connect
+
     pid = server.process.pid
-    sockets = await connect_many(bench.chat_url(server, chat_id), bench.headers, clients)
+    url = bench.chat_url(server, bench.passage_chat)
+    # Warm-up: the dataset's index, and the whole answer's frames (length, frame size).
+    async with connect(url, additional_headers=bench.headers, **{**CLIENT_OPTIONS, "compression": None}) as ws:
+        await ws.send(json.dumps({"question": PASSAGE_QUESTION}))
+        sizes = []
+        while True:
+            message = await ws.recv()
+            if message.endswith('"data":true}'):
+                break
+            if '"final":false' in message:
+                sizes.append(wire_bytes(message))
+    sockets = await connect_clamped(url, bench.headers, clients, rcvbuf, mss)
+    reported_rcvbuf = sockets[0].transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     await asyncio.sleep(1.0)
     baseline = rss_mb(pid)
     frames_read = [0] * clients
     ids: list[tuple[str, str] | None] = [None] * clients
     done = [False] * clients
-    samples: list[tuple[float, float, int]] = []
+    samples: list[tuple[float, float, int, int]] = []
     stop = asyncio.Event()
 
     async def read(index: int, ws) -> None:
-        await ws.send(json.dumps({"question": QUESTION}))
+        await ws.send(json.dumps({"question": PASSAGE_QUESTION}))
         first = json.loads(await ws.recv())
         if not isinstance(first.get("data"), dict) or "session_id" not in first["data"]:
             raise RuntimeError(f"unexpected first frame: {first}")
         ids[index] = (first["data"]["session_id"], first["data"]["id"])
         frames_read[index] = 1
+        if interval is None:
+            await asyncio.Event().wait()  # never reads again
         while True:
-            if slow:
-                await asyncio.sleep(SLOW_READ_INTERVAL)
+            await asyncio.sleep(interval)
             message = await ws.recv()
             frames_read[index] += 1
             if message.endswith('"data":true}'):
@@ -410,78 +538,93 @@ async def measure_readers(
                 return
 
     started = time.perf_counter()
-    sampling = asyncio.create_task(sampler(pid, started, samples, stop))
+    sampling = asyncio.create_task(sampler(pid, server.port, started, samples, stop))
     tasks = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
-    finished, unfinished = await asyncio.wait(tasks, timeout=seconds if slow else FAST_TIMEOUT)
+    finished, unfinished = await asyncio.wait(tasks, timeout=seconds)
     wall = time.perf_counter() - started
+    for task in unfinished:
+        task.cancel()
+    # Each connection's queues, then drop them all at once (RST), so nothing moves between.
+    queues = tcp_queues()
+    for ws in sockets:
+        ws.transport.abort()
     for task in finished:
         task.result()
-    server_send_q, client_recv_q, _ = socket_queues(server.port)
     stop.set()
     await sampling
     peak = proc_status(pid)["VmHWM"] / 1024
-    for task in unfinished:
-        task.cancel()
     await asyncio.gather(*unfinished, return_exceptions=True)
-    await close_all(sockets)
-    result = ReaderResult(
-        label, clients, chunks, samples, baseline, peak, frames_read,
-        server_send_q=server_send_q, client_recv_q=client_recv_q, wall=wall, completed=sum(done),
-        timed_out=bool(unfinished) and not slow,
+    kernel = []
+    for ws in sockets:
+        port = ws.transport.get_extra_info("sockname")[1]
+        kernel.append(queues.get((server.port, port), (0, 0))[0] + queues.get((port, server.port), (0, 0))[1])
+    result = StallResult(
+        label, clients, interval, len(sizes), statistics.mean(sizes), reported_rcvbuf, samples, baseline, peak,
+        frames_read, wall=wall, completed=sum(done),
     )
-    if slow:
-        result.produced = await saved_token_counts(bench, server, chat_id, [i for i in ids if i is not None])
+    known = [(i, pair) for i, pair in enumerate(ids) if pair is not None]
+    counts = await saved_token_counts(bench, server, bench.passage_chat, [pair for _, pair in known])
+    result.frames_read = [frames_read[i] for i, _ in known]
+    result.kernel = [kernel[i] for i, _ in known]
+    result.produced = counts
     await asyncio.sleep(2.0)
     result.after_close = rss_mb(pid)
     return result
 
 
-def readers_tables(results: list[ReaderResult]) -> str:
-    header = "| t (s) | " + " | ".join(f"{r.label}: RSS MB (threads)" for r in results) + " |"
+#: The steady-state window at the end of a slow-reader run, seconds.
+LAST_SECONDS = 15
+
+
+def stalled_tables(results: list[StallResult], every: int = 5) -> str:
+    header = "| t (s) | " + " | ".join(f"{r.label}: RSS MB (threads) / kernel queues MB" for r in results) + " |"
     lines = [header, "|---:|" + "---:|" * len(results)]
     longest = max(len(r.samples) for r in results)
     for second in range(longest):
+        if second % every and second != longest - 1:
+            continue
         cells = []
         for r in results:
             if second < len(r.samples):
-                _, rss, threads = r.samples[second]
-                cells.append(f"{rss:.0f} ({threads})")
+                _, rss, threads, queued = r.samples[second]
+                cells.append(f"{rss:.0f} ({threads}) / {queued / 1e6:.1f}")
             else:
                 cells.append("")
         lines.append(f"| {second} | " + " | ".join(cells) + " |")
 
-    def growth(r: ReaderResult) -> str:
-        late = [s for s in r.samples if s[0] >= 3.0]
+    def mean_max(values: list[float]) -> str:
+        return f"{statistics.mean(values):.0f} / {max(values):.0f}" if values else "n/a"
+
+    def growth(r: StallResult, column: int, scale: float) -> str:
+        late = [s for s in r.samples if s[0] >= r.samples[-1][0] - LAST_SECONDS]
         if len(late) < 2:
             return "n/a"
-        span = late[-1][0] - late[0][0]
-        return f"{late[-1][1] - late[0][1]:+.1f} MB in {span:.0f} s"
-
-    def produced(r: ReaderResult) -> str:
-        if not r.produced:
-            return f"{r.chunks} (all)" if r.completed == r.clients else "n/a"
-        return f"{statistics.mean(r.produced):.0f} / {max(r.produced)}"
-
-    def ahead(r: ReaderResult) -> str:
-        if not r.produced:
-            return "n/a"
-        return f"{statistics.mean(r.produced) - statistics.mean(r.frames_read):.0f}"
+        return f"{(late[-1][column] - late[0][column]) / scale:+.1f} MB in {late[-1][0] - late[0][0]:.0f} s"
 
     rows = [
         ("clients", lambda r: str(r.clients)),
-        ("answer length (chunks)", lambda r: str(r.chunks)),
-        ("run time (s)", lambda r: f"{r.wall:.1f}" + (" (cut)" if r.timed_out else "")),
+        ("reader", lambda r: "never reads after frame 1" if r.interval is None else f"1 frame / {r.interval:g} s"),
+        ("answer length (frames)", lambda r: str(r.answer_frames)),
+        ("mean frame size on the wire (bytes)", lambda r: f"{r.frame_bytes:.0f}"),
+        ("client receive buffer (bytes, as reported)", lambda r: str(r.rcvbuf)),
+        ("run time (s)", lambda r: f"{r.wall:.1f}"),
         ("answers completed", lambda r: f"{r.completed}/{r.clients}"),
-        ("frames read per client (mean)", lambda r: f"{statistics.mean(r.frames_read):.0f}"),
-        ("chunks produced per stream (mean / max)", produced),
-        ("producer ahead of reader (frames, mean)", ahead),
-        ("server socket send queues at end (KB total)", lambda r: f"{r.server_send_q / 1024:.0f}"),
-        ("client socket receive queues at end (KB total)", lambda r: f"{r.client_recv_q / 1024:.0f}"),
+        ("answers whose partial text was found", lambda r: f"{sum(p >= 0 for p in r.produced)}/{r.clients}"),
+        ("frames read per client (mean / max)", lambda r: mean_max(r.frames_read)),
+        ("frames produced per stream (mean / max)", lambda r: mean_max([p for p in r.produced if p >= 0])),
+        ("in kernel socket queues per stream (frames, mean / max)", lambda r: mean_max([k / r.frame_bytes for k in r.kernel])),
+        ("**held in the server process per stream (frames, mean / max)**", lambda r: mean_max(r.held())),
+        ("server bound: bridge + in hand + 64 KiB transport (frames)",
+         lambda r: f"{r.bound:.0f} = {STREAM_QUEUE_FRAMES} + {IN_HAND} + {r.transport_frames:.0f}"),
+        ("+ taken off the socket by the client library, not yet read (≤ one read + 1)",
+         lambda r: f"≤ {r.client_library:.0f}"),
+        ("kernel socket queues at the end (MB total)", lambda r: f"{sum(r.kernel) / 1e6:.1f}"),
         ("RSS baseline, clients connected (MB)", lambda r: f"{r.baseline:.0f}"),
         ("RSS peak, VmHWM (MB)", lambda r: f"{r.peak:.0f}"),
         ("peak - baseline (MB)", lambda r: f"{r.peak - r.baseline:.0f}"),
         ("peak - baseline per stream (KB)", lambda r: f"{(r.peak - r.baseline) * 1024 / r.clients:.0f}"),
-        ("RSS growth from t=3 s to the end", growth),
+        (f"RSS growth over the last {LAST_SECONDS} s", lambda r: growth(r, 1, 1.0)),
+        (f"kernel queues growth over the last {LAST_SECONDS} s", lambda r: growth(r, 3, 1e6)),
         ("RSS 2 s after the clients left (MB)", lambda r: f"{r.after_close:.0f}"),
     ]
     summary = [
@@ -490,6 +633,79 @@ def readers_tables(results: list[ReaderResult]) -> str:
         *(f"| {name} | " + " | ".join(cell(r) for r in results) + " |" for name, cell in rows),
     ]
     return "\n".join(lines) + "\n\n" + "\n".join(summary)
+
+
+@dataclass
+class FastResult:
+    label: str
+    clients: int
+    chunks: int
+    samples: list[tuple[float, float, int, int]]
+    baseline: float
+    peak: float
+    frames_read: list[int]
+    wall: float = 0.0
+    completed: int = 0
+    after_close: float = 0.0
+    timed_out: bool = False
+
+
+async def measure_fast(bench: Bench, server: ServerProcess, chat_id: str, label: str, clients: int, chunks: int) -> FastResult:
+    pid = server.process.pid
+    sockets = await connect_many(bench.chat_url(server, chat_id), bench.headers, clients)
+    await asyncio.sleep(1.0)
+    baseline = rss_mb(pid)
+    frames_read = [0] * clients
+    done = [False] * clients
+    samples: list[tuple[float, float, int, int]] = []
+    stop = asyncio.Event()
+
+    async def read(index: int, ws) -> None:
+        await ws.send(json.dumps({"question": QUESTION}))
+        while True:
+            message = await ws.recv()
+            frames_read[index] += 1
+            if message.endswith('"data":true}'):
+                done[index] = True
+                return
+
+    started = time.perf_counter()
+    sampling = asyncio.create_task(sampler(pid, server.port, started, samples, stop))
+    tasks = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
+    finished, unfinished = await asyncio.wait(tasks, timeout=FAST_TIMEOUT)
+    wall = time.perf_counter() - started
+    for task in finished:
+        task.result()
+    stop.set()
+    await sampling
+    peak = proc_status(pid)["VmHWM"] / 1024
+    for task in unfinished:
+        task.cancel()
+    await asyncio.gather(*unfinished, return_exceptions=True)
+    await close_all(sockets)
+    result = FastResult(
+        label, clients, chunks, samples, baseline, peak, frames_read, wall=wall, completed=sum(done),
+        timed_out=bool(unfinished),
+    )
+    await asyncio.sleep(2.0)
+    result.after_close = rss_mb(pid)
+    return result
+
+
+def fast_table(r: FastResult) -> str:
+    rss = ", ".join(f"{s[1]:.0f}" for s in r.samples[::5])
+    rows = [
+        ("clients", str(r.clients)),
+        ("answer length (chunks)", str(r.chunks)),
+        ("run time (s)", f"{r.wall:.1f}" + (" (cut)" if r.timed_out else "")),
+        ("answers completed", f"{r.completed}/{r.clients}"),
+        ("frames read per client (mean)", f"{statistics.mean(r.frames_read):.0f}"),
+        ("RSS every 5 s (MB)", rss),
+        ("RSS baseline → peak, VmHWM (MB)", f"{r.baseline:.0f} → {r.peak:.0f}"),
+        ("peak - baseline per stream (KB)", f"{(r.peak - r.baseline) * 1024 / r.clients:.0f}"),
+        ("RSS 2 s after the clients left (MB)", f"{r.after_close:.0f}"),
+    ]
+    return "\n".join([f"| {r.label} | value |", "|---|---:|", *(f"| {a} | {b} |" for a, b in rows)])
 
 
 # -- 3. resume latency ---------------------------------------------------------------
@@ -618,28 +834,37 @@ async def run(args: argparse.Namespace, bench: Bench) -> None:
 
     if args.slow:
         begun = time.monotonic()
-        results = []
-        runs: list[tuple[str, int, bool, dict[str, str]]] = [(f"slow, long-{args.chunks}", args.chunks, True, {})]
-        if args.long_chunks:
-            runs.append((f"slow, long-{args.long_chunks}", args.long_chunks, True, {}))
-        if redis_available():  # control: the same run with the event log out of the process
-            runs.append((f"slow, long-{args.chunks}, Redis log", args.chunks, True, {"RAGSOCKET_REDIS_URL": REDIS_URL}))
-        if args.fast_chunks:
-            runs.append((f"fast, long-{args.fast_chunks}", args.fast_chunks, False, {}))
-        for label, chunks, slow, extra in runs:
-            model = f"long-{chunks}"
-            server = bench.start(label.replace(", ", "-").replace(" ", "-"), RAGSOCKET_LLM_MODEL=model, **extra)
-            chat_id = await bench.long_chat(server, model)
-            results.append(await measure_readers(bench, server, chat_id, label, args.slow, chunks, slow, args.slow_seconds))
+        stalled = []
+        interval = f"1 frame / {args.slow_interval:g} s"
+        runs: list[tuple[str, float | None, dict[str, str]]] = [(interval, args.slow_interval, {}), ("never reads", None, {})]
+        if redis_available():  # control: frames sent are not kept in the process
+            runs.append(("never reads, Redis log", None, {"RAGSOCKET_REDIS_URL": REDIS_URL}))
+        for label, pace, extra in runs:
+            name = "slow-" + label.replace(", ", "-").replace(" / ", "-per-").replace(" ", "-")
+            # full-speed producer; clients that do not read cannot answer pings
+            server = bench.start(name, RAGSOCKET_OFFLINE_TOKEN_DELAY="0", RAGSOCKET_WS_PING_INTERVAL="3600", **extra)
+            stalled.append(await measure_stalled(
+                bench, server, label, args.slow, pace, args.slow_seconds, args.client_rcvbuf, args.client_mss,
+            ))
             server.stop()
             stage(label, begun)
         print(
-            f"\n## 2. Slow readers ({args.slow} clients; slow: one frame per {SLOW_READ_INTERVAL * 1000:g} ms "
-            f"for {args.slow_seconds:g} s; fast: read until the end)\n\n"
+            f"\n## 2. Slow readers ({args.slow} clients, {args.slow_seconds:g} s; offline model at full speed; "
+            f"client sockets: SO_RCVBUF {args.client_rcvbuf or 'OS default'}, MSS {args.client_mss or 'OS default'})\n\n"
             f"# per-stream bound in the bridge: RAGSOCKET_STREAM_QUEUE_FRAMES={STREAM_QUEUE_FRAMES} frames\n\n"
-            f"{readers_tables(results)}",
+            f"{stalled_tables(stalled)}",
             flush=True,
         )
+        if args.fast_chunks:
+            begun = time.monotonic()
+            label = f"fast, long-{args.fast_chunks}"
+            model = f"long-{args.fast_chunks}"
+            server = bench.start("fast", RAGSOCKET_LLM_MODEL=model)
+            chat_id = await bench.long_chat(server, model)
+            fast = await measure_fast(bench, server, chat_id, label, args.slow, args.fast_chunks)
+            server.stop()
+            stage(label, begun)
+            print(f"\n## 2b. Fast readers ({args.slow} clients, read to the end)\n\n{fast_table(fast)}", flush=True)
 
     if args.trials:
         begun = time.monotonic()
@@ -677,13 +902,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--idle", type=int, default=2000, help="idle connections (default 2000; 0 skips)")
     parser.add_argument("--slow", type=int, default=200, help="reader clients (default 200; 0 skips)")
-    parser.add_argument("--slow-seconds", type=float, default=10.0, help="length of a slow-reader run, s (default 10)")
-    parser.add_argument("--chunks", type=int, default=5000, help="answer length of the long-<n> model (default 5000)")
+    parser.add_argument("--slow-seconds", type=float, default=90.0, help="length of a slow-reader run, s (default 90)")
+    parser.add_argument(
+        "--slow-interval", type=float, default=1.0, help="seconds between two reads of a slow reader (default 1.0)",
+    )
+    parser.add_argument(
+        "--client-rcvbuf", type=int, default=4096, help="slow readers' SO_RCVBUF, bytes (default 4096; 0: OS default)",
+    )
+    parser.add_argument(
+        "--client-mss", type=int, default=536, help="slow readers' TCP_MAXSEG, bytes (default 536; 0: OS default)",
+    )
+    parser.add_argument(
+        "--passage-words", type=int, default=2000,
+        help="words in each of the 3 passages the slow readers' answer is made of (default 2000: 6000 frames; max 8190)",
+    )
     parser.add_argument(
         "--fast-chunks", type=int, default=1000,
         help="answer length of the fast-reader run (default 1000: 200 x 5000 frames would take ~5 min here; 0 skips)",
     )
-    parser.add_argument("--long-chunks", type=int, default=20000, help="second slow run's answer length (default 20000; 0 skips)")
     parser.add_argument("--trials", type=int, default=30, help="resume trials per event log (default 30; 0 skips)")
     parser.add_argument("--llm-server", action="store_true", help="internal: run the OpenAI test server")
     args = parser.parse_args(argv)
@@ -699,7 +935,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# warning: RLIMIT_NOFILE {soft} < {needed} descriptors this run may need", flush=True)
     with tempfile.TemporaryDirectory(prefix="ragsocket-bench-") as folder:
         llm = LLMProcess()
-        bench = Bench(Path(folder), llm)
+        bench = Bench(Path(folder), llm, passage_words=args.passage_words)
         try:
             asyncio.run(run(args, bench))
         finally:

@@ -25,6 +25,11 @@ a blocking ``time.sleep(delay)`` before each, as a blocking chat-model client do
 * ``/naive`` — iterates the generator directly inside the async handler, so every
   ``time.sleep`` blocks the event loop (the flaw fixed by RAGFlow PR #11704).
 
+What this measures is the pattern, in a stripped app: not RagSocket's WebSocket route
+(no authentication, database, ``completion()``, JSON frames, event log or connection
+loop; each item is sent as a bare string). The real service is measured by
+:mod:`test.benchmark.ws_protocol`.
+
 The defaults (20 tokens, 10 ms each) keep the whole run under about 1.5 minutes: the
 naive route serves its streams one after the other, so N=200 needs 200 × 20 × 10 ms =
 40 s there. A run still going after ``--timeout`` seconds is stopped and reported with
