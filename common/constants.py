@@ -60,11 +60,17 @@ class CloseCode(IntEnum):
 CLOSE_CODE_USES: dict[CloseCode, str] = {
     CloseCode.NORMAL_CLOSURE: "idle timeout: no request and no running answer for RAGSOCKET_WS_IDLE_TIMEOUT",
     CloseCode.GOING_AWAY: "server shutting down (after the grace period for running answers)",
-    CloseCode.PROTOCOL_ERROR: "malformed WebSocket framing (sent by hypercorn/wsproto)",
+    CloseCode.PROTOCOL_ERROR: (
+        "malformed WebSocket framing, e.g. a compressed frame: permessage-deflate is not negotiated "
+        "(sent by hypercorn/wsproto)"
+    ),
     CloseCode.UNSUPPORTED_DATA: "a binary message: requests are JSON text messages",
     CloseCode.INVALID_DATA: "a text message that is not valid UTF-8 (sent by hypercorn/wsproto)",
-    CloseCode.POLICY_VIOLATION: "authentication failed, chat not found or not yours, too many connections for the key",
-    CloseCode.MESSAGE_TOO_BIG: "a message larger than RAGSOCKET_WS_MAX_MESSAGE_BYTES (sent by hypercorn)",
+    CloseCode.POLICY_VIOLATION: (
+        "authentication failed (an API key offered as a subprotocol without ragsocket too), chat or agent not found "
+        "or not yours, too many connections for the key (health sockets: for the client address)"
+    ),
+    CloseCode.MESSAGE_TOO_BIG: "a message larger than RAGSOCKET_WS_MAX_MESSAGE_BYTES, in bytes as they arrive",
     CloseCode.INTERNAL_ERROR: "keepalive ping timeout, or an unexpected server error",
     CloseCode.TRY_AGAIN_LATER: "the process has RAGSOCKET_WS_MAX_CONNECTIONS connections open",
 }

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     )
     ws_max_connections: int = Field(10_000, ge=1, description="WebSockets open at once in this process (1013 past it).")
     ws_max_connections_per_key: int = Field(50, ge=1, description="WebSockets open at once per API key (1008 past it).")
+    ws_max_detached_per_key: int = Field(
+        16,
+        ge=1,
+        description=(
+            "Answers asked with resumable: true that may go on per API key after their clients left (more are "
+            "stopped and saved as interrupted; while the key has that many, new resumable questions get an error frame 102)."
+        ),
+    )
     rate_limit_per_minute: int = Field(
         120, ge=1, description="Questions per minute per API key (token bucket, WebSocket and HTTP completions)."
     )
@@ -87,6 +95,11 @@ class Settings(BaseSettings):
         "", description="Comma-separated Origins allowed for login-session auth on WebSockets (empty: none)."
     )
     event_log_ttl: float = Field(300.0, gt=0, description="Seconds the frames of an answer are kept for resume.")
+    dify_ping_interval: float = Field(
+        10.0,
+        ge=0,
+        description='Seconds without a frame, while a request runs on a Dify-style route, before {"event": "ping"} is sent (0: never).',
+    )
     redis_url: str = Field("", description="redis://host:port/db for a shared event log (resume on any process).")
     access_log: str = Field("-", description="hypercorn access log: '-' for stdout, a file path, or empty for none.")
     log_level: str = Field("INFO", description="Python logging level name.")

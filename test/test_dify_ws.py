@@ -20,7 +20,9 @@ from api.streaming.dify_format import (
 )
 from api.streaming.protocol import CompletionRequest, dumps
 from common.errors import ArgumentError
+from test.support.apidocs import DocumentSchemas, load_yaml
 from test.support.server import (
+    ROOT,
     ServerProcess,
     Tenant,
     api_client,
@@ -32,6 +34,7 @@ from test.support.server import (
     make_dataset,
     ok,
     session_messages,
+    variant_env,
 )
 
 TIMEOUT = 20.0
@@ -282,6 +285,50 @@ async def test_ping_and_stop(server, tenant, api):
     assert pong["event"] == dify_pong["event"] == "pong" and isinstance(pong["ts"], int)
     assert events[0]["event"] == "message" and events[-1]["event"] == "message_end"
     assert events[-1]["interrupted"] is True and len(events) < 21
+
+
+@pytest.fixture(scope="module")
+def ping_server(server_env, tmp_path_factory, corpus):
+    """A server sending Dify's ping after 0.5 s without a frame (the corpus is made first:
+    a starting server re-queues documents still parsing)."""
+    with ServerProcess(variant_env(server_env, tmp_path_factory, "dify_ping", RAGSOCKET_DIFY_PING_INTERVAL="0.5")) as process:
+        yield process
+
+
+async def test_ping_event_while_a_request_runs_and_nothing_else_is_sent(ping_server, tenant, api):
+    dataset_id, _ = await make_dataset(api, {"t.txt": b"Ticks are small."})
+    chat = await make_chat(api, [dataset_id], llm={"model_name": "slow"}, prompt={"empty_response": ""})
+    async with connect(f"{base(ping_server)}/chat-messages?chat_id={chat['id']}", additional_headers=auth(tenant)) as ws:
+        await assert_silent(ws, 1.2)  # no request: no ping
+        await send(ws, query="Tick?")  # blocking: silent for 20 x 0.2 s, then one message
+        events = []
+        while not events or events[-1]["event"] != "message":
+            events.append(await recv_event(ws))
+        *pings, message = events
+        assert len(pings) >= 4 and all(ping == {"event": "ping"} for ping in pings), events
+        schemas = DocumentSchemas(load_yaml(ROOT / "docs" / "asyncapi.yaml"), "urn:ragsocket:asyncapi")
+        assert schemas.errors("#/components/messages/DifyServerPing/payload", pings[0]) == []
+        assert "tick19" in message["answer"]
+        await assert_silent(ws, 1.2)  # the request is over: no ping
+        await send(ws, query="Tick?", response_mode="streaming")  # a message every 0.2 s: no ping needed
+        streamed = [await recv_event(ws)]
+        while streamed[-1]["event"] == "ping":  # before the first word (retrieval, the model's start)
+            streamed.append(await recv_event(ws))
+        streamed += [await recv_event(ws) for _ in range(4)]
+        assert [e["event"] for e in streamed if e["event"] != "ping"] == ["message"] * 5, streamed
+        assert streamed[-5:] == [e for e in streamed if e["event"] == "message"], "no ping between the words"
+        await send(ws, type="stop")
+        rest = await read_streamed(ws)
+        assert rest[-1]["event"] == "message_end" and {e["event"] for e in rest[:-1]} <= {"message"}
+
+
+async def test_api_key_alone_as_subprotocol_is_an_error_event_then_1008(server, tenant):
+    async with connect(f"{base(server)}/chat-messages", subprotocols=[tenant.api_key]) as ws:
+        event = await recv_event(ws)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert event["event"] == "error" and event["status"] == 401 and '"ragsocket" subprotocol' in event["message"]
+    assert closed.value.rcvd.code == 1008
 
 
 # -- the framer, without I/O -------------------------------------------------------------

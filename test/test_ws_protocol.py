@@ -20,6 +20,7 @@ import os
 import re
 import struct
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from test.support.server import (
     variant_env,
 )
 from test.support.ws import (
+    agent_url,
     chat_url,
     content_frames,
     joined_answer,
@@ -223,6 +225,8 @@ class RawWebSocket:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
+    head: bytes = b""
+
     @classmethod
     async def open(cls, srv: ServerProcess, path: str, headers: dict[str, str]) -> RawWebSocket:
         reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
@@ -239,7 +243,9 @@ class RawWebSocket:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), FRAME_TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101"), head
-        return cls(reader, writer)
+        raw = cls(reader, writer)
+        raw.head = head
+        return raw
 
     async def read_frame(self, timeout: float = FRAME_TIMEOUT) -> tuple[int, bytes]:
         """(opcode, payload) of the next frame; server frames are unmasked."""
@@ -252,12 +258,17 @@ class RawWebSocket:
             (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
         return first & 0x0F, await self.reader.readexactly(length)
 
-    async def send_frame(self, opcode: int, payload: bytes) -> None:
-        """One final, masked frame (payload < 126 bytes)."""
-        assert len(payload) < 126
+    async def send_frame(self, opcode: int, payload: bytes, rsv1: bool = False) -> None:
+        """One final, masked frame (``rsv1``: the permessage-deflate bit, RFC 7692)."""
         mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (len(payload) // 4 + 1))[: len(payload)], "big")).to_bytes(len(payload), "big")
+        if len(payload) < 126:
+            length = bytes([0x80 | len(payload)])
+        elif len(payload) < 1 << 16:
+            length = bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+        else:
+            length = bytes([0x80 | 127]) + struct.pack("!Q", len(payload))
+        self.writer.write(bytes([0x80 | (0x40 if rsv1 else 0) | opcode]) + length + mask + masked)
         await self.writer.drain()
 
     async def read_until_close(self, timeout: float) -> tuple[list[tuple[float, int, bytes]], int | None, str]:
@@ -345,6 +356,30 @@ async def test_busy_without_req_id_and_duplicate_req_id(strict, tenant, corpus):
         if not rest or rest[-1] != marker():
             rest += await read_answer(ws)
         assert_complete_answer(rest, None)
+
+
+async def test_refusals_while_an_untagged_answer_runs_have_no_marker(strict, tenant, corpus):
+    """A client that sends only question/session_id/stream and reads until the marker
+    must get the running answer whole: a message refused meanwhile gets its error
+    frame, but no marker that would read as that answer's end."""
+    async with connect(chat_url(strict, corpus["chat_id"]), additional_headers=auth(tenant.api_key)) as ws:
+        await send(ws, question=RETURNS_Q, session_id=None, stream=True)
+        first = await recv_json(ws)
+        await send(ws, question=SHIPPING_Q, session_id=None, stream=True)  # busy
+        await ws.send("not json")  # invalid, no req_id
+        await send(ws, type="resume", session_id="s", message_id="m")  # busy as well
+        frames = [first] + await read_answer(ws)
+        errors = [f for f in frames if f["code"] != 0]
+        assert [(f["code"], f["message"][:5]) for f in errors] == [(102, "busy:"), (101, "inval"), (102, "busy:")], errors
+        assert frames.count(marker()) == 1 and frames[-1] == marker()
+        answer = [f for f in frames if f not in errors]
+        assert_complete_answer(answer, None)
+        assert "30 days" in joined_answer(answer)
+        # nothing runs: a refusal ends with its marker again, and the next question is served
+        await ws.send("not json")
+        refused = await read_answer(ws)
+        assert len(refused) == 2 and refused[0]["code"] == 101 and refused[1] == marker()
+        assert_complete_answer(await read_first_answer(ws, {"question": SHIPPING_Q}), None)
 
 
 async def test_req_id_longer_than_64_chars_is_refused(strict, tenant, corpus):
@@ -545,14 +580,45 @@ async def test_message_larger_than_limit_closes_with_1009(strict, tenant, corpus
 async def test_message_limit_counts_bytes_not_characters(strict, tenant, corpus):
     message = json.dumps({"question": RETURNS_Q, "note": "中" * 2000}, ensure_ascii=False)
     assert len(message.encode()) > 4096 > len(message)
-    async with connect(
-        chat_url(strict, corpus["chat_id"]), additional_headers=auth(tenant.api_key), compression=None
-    ) as ws:
+    # the client offers permessage-deflate (the websockets default); the server declines it
+    async with connect(chat_url(strict, corpus["chat_id"]), additional_headers=auth(tenant.api_key)) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
         await ws.send(message)
         with pytest.raises(ConnectionClosed):
             frame = await recv_json(ws, 5)
             pytest.fail(f"the server accepted the message and answered: {frame}")
     assert ws.close_code == 1009
+
+
+def peak_memory_kib(pid: int) -> int:
+    """The process's peak resident set size (VmHWM), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc")
+
+
+async def test_permessage_deflate_is_declined_so_a_deflate_bomb_cannot_inflate(strict, tenant, corpus):
+    """A 50 MB message compressed to ~50 KB: hypercorn would inflate it whole before
+    its size check. The server declines permessage-deflate (RFC 7692), so the frame's
+    compression bit is a protocol error (1002) and nothing is inflated."""
+    before = peak_memory_kib(strict.process.pid)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = deflate.compress(json.dumps({"question": "a" * 50_000_000}).encode()) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    bomb = bomb[:-4]  # RFC 7692 section 7.2.1: drop the 00 00 ff ff tail
+    assert len(bomb) < 65536
+    headers = {**auth(tenant.api_key), "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+    raw = await RawWebSocket.open(strict, f"/api/v1/ws/chats/{corpus['chat_id']}/completions", headers)
+    try:
+        assert b"sec-websocket-extensions" not in raw.head.lower(), raw.head
+        await raw.send_frame(0x1, bomb, rsv1=True)
+        frames, code, _ = await raw.read_until_close(timeout=5)
+    finally:
+        raw.close()
+    assert [opcode for _, opcode, _ in frames if opcode != 0x9] == [0x8]
+    assert code == 1002
+    grown = peak_memory_kib(strict.process.pid) - before
+    assert grown < 20_000, f"the server's peak memory grew by {grown} KiB"
 
 
 async def test_question_longer_than_limit_is_an_error_frame(strict, tenant, corpus):
@@ -657,6 +723,45 @@ async def test_connections_per_process_limit_closes_with_1013_before_auth(tight,
     code, frames = refused[0]
     # refused before authentication (no frame) or at admission (an error frame)
     assert code == 1013 and (frames == [] or (len(frames) == 1 and "busy" in frames[0]["message"])), results
+
+
+async def open_count(srv: ServerProcess) -> int:
+    """WebSockets the server counts (GET /health)."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        return (await client.get(f"{srv.api_url}/health")).json()["data"]["websocket_connections"]
+
+
+async def echo_ok(ws: ClientConnection) -> None:
+    """A health socket is open and served (and its idle timer restarts)."""
+    await ws.send("alive")
+    assert (await recv_json(ws))["data"] == "alive"
+
+
+async def test_health_socket_is_admitted_counted_and_closed_like_the_others(tight, extra_tenants, extra_chats):
+    await wait_no_connections(tight)
+    url = seed_url(tight, "health")
+    bob = extra_tenants["bob"]
+    async with connect(url) as one, connect(url) as two:
+        assert (await recv_json(one))["status"] == (await recv_json(two))["status"] == "healthy"
+        assert await open_count(tight) == 2, "health sockets count as connections"
+        async with connect(url) as third:  # the per-key limit (2) applies per client address
+            code, reason, frames = await closed_with(third)
+        assert frames == [{"code": 108, "message": "too many connections for this client address (limit 2)", "data": None}]
+        assert code == 1008 and reason == "too many connections for this client address (limit 2)"
+        await echo_ok(one)
+        await echo_ok(two)
+        async with connect(chat_url(tight, extra_chats["bob"]), additional_headers=auth(bob.api_key)) as chat:
+            await pong_ok(chat)  # the process's third connection
+            async with connect(url) as full:
+                code, _, frames = await closed_with(full)
+            assert (code, frames) == (1013, []), "a full process refuses health sockets too"
+    await wait_no_connections(tight)
+    async with connect(url) as idle:
+        await recv_json(idle)
+        started = time.monotonic()
+        code, reason, frames = await closed_with(idle)
+    assert (code, reason, frames) == (1000, "idle timeout", [])
+    assert 0.8 <= time.monotonic() - started <= 2.5
 
 
 async def test_rate_limit_per_key(tight, extra_tenants, extra_chats):
@@ -767,6 +872,24 @@ async def test_api_key_as_subprotocol(strict, tenant, corpus):
         await pong_ok(ws)
 
 
+async def test_api_key_alone_as_subprotocol_is_refused(strict, tenant, corpus):
+    """A browser fails a handshake whose answer names no subprotocol (1006): a key
+    offered without "ragsocket" is refused with 109 and 1008 instead, before
+    authentication, and never echoed."""
+    async with connect(chat_url(strict, corpus["chat_id"]), subprotocols=[tenant.api_key]) as ws:
+        assert ws.subprotocol is None and "Sec-WebSocket-Protocol" not in ws.response.headers
+        code, reason, frames = await closed_with(ws)
+    assert frames == [{
+        "code": 109, "data": None,
+        "message": 'Authentication error: an API key offered as a WebSocket subprotocol must come with the '
+                   '"ragsocket" subprotocol: new WebSocket(url, ["ragsocket", key])',
+    }]
+    assert (code, reason) == (1008, "authentication failed")
+    async with connect(chat_url(strict, corpus["chat_id"]), subprotocols=[tenant.api_key, "ragsocket"]) as ws:
+        assert ws.subprotocol == "ragsocket"  # the order does not matter
+        await pong_ok(ws)
+
+
 async def test_login_session_only_from_allowed_origins(strict, tenant, corpus):
     result = run_cli(strict.env, "--json", "session-token", tenant.tenant_id)
     assert result.returncode == 0, result.stderr
@@ -833,6 +956,37 @@ async def test_seed_chat_streams_answers_and_checks_chat_id(server, tenant, othe
         assert len(frames) == 2 and frames[1] == marker()
         assert frames[0]["code"] == 102 and "chat" in frames[0]["message"]
         await pong_ok(ws)  # still open
+
+
+async def test_every_agent_error_frame_carries_the_error_event(server, tenant, corpus):
+    async with api_client(server, tenant.api_key) as api:
+        agent = ok(await api.post("/agents", json={"title": f"refusals-{time.monotonic_ns()}", "dsl": {"tools": [{"type": "calculator"}]}}))
+    url = agent_url(server, agent["id"])
+
+    def agent_error(code: int, message: str, req_id: str | None = None) -> dict:
+        return {**error(code, message, req_id), "event": "error"}
+
+    async with connect(url, additional_headers=auth(tenant.api_key)) as ws:
+        assert await read_first_answer(ws, {"question": ""}) == [
+            agent_error(101, "`question` is required and must be a non-empty string"), marker(),
+        ]
+        assert await read_first_answer(ws, {"question": "What is 6*7?", "session_id": "nope", "req_id": "s"}) == [
+            agent_error(102, "The agent doesn't own the session nope", "s"), marker("s"),
+        ]
+        await send(ws, question="What is 6*7?")
+        await send(ws, question="What is 6*8?")  # busy: an error frame, no marker
+        frames = await read_answer(ws)
+        busy = [f for f in frames if f["code"] != 0]
+        assert len(busy) == 1 and busy[0]["event"] == "error" and busy[0]["message"].startswith("busy:")
+        assert frames.count(marker()) == 1 and frames[-2]["event"] == "message_end"
+    for kwargs, code in (({"additional_headers": auth("ragsocket-nope")}, 109), ({"subprotocols": [tenant.api_key]}, 109)):
+        async with connect(url, **kwargs) as ws:
+            closed = await closed_with(ws)
+        assert closed[0] == 1008 and [(f["code"], f["event"], f["data"]) for f in closed[2]] == [(code, "error", None)]
+    async with connect(agent_url(server, "0" * 32), additional_headers=auth(tenant.api_key)) as ws:
+        code, reason, frames = await closed_with(ws)
+    assert (code, reason) == (1008, "agent not found")
+    assert frames == [agent_error(102, f"You don't own the agent {'0' * 32}")]
 
 
 async def test_http_health(server):

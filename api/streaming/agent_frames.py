@@ -7,7 +7,10 @@ WebSocket (:class:`AgentFramer`)::
 
 with E one of ``thinking``, ``tool_call_start``, ``tool_call_end``, ``message``,
 ``message_end`` or ``error``, then the completion marker ``{"code": 0, "message": "",
-"data": true}``. ``seq`` numbers the frames of one answer from 1 (for resume).
+"data": true}``. ``seq`` numbers the frames of one answer from 1 (for resume). A
+refusal (empty question, unknown session, busy, rate limit; a refused key or unknown
+agent before the close) is an error frame with ``"event": "error"`` too
+(:data:`AGENT_DIALECT`), without ``seq``.
 
 SSE (:class:`AgentSSEFramer`, RAGFlow's agent completion format)::
 
@@ -32,6 +35,7 @@ from api.db.services.agent_service import (
 )
 from api.streaming.protocol import (
     CompletionRequest,
+    Dialect,
     NumberedFramer,
     StreamState,
     end_frame,
@@ -113,6 +117,12 @@ def agent_framer(request: CompletionRequest) -> AgentFramer:
     return AgentFramer(stream=request.stream, req_id=request.req_id)
 
 
+#: The agent route's dialect: agent frames, and every error frame — refusals of a
+#: message (empty question, busy, rate limit …) and of the connection (bad key,
+#: unknown agent, too many connections) included — carries ``"event": "error"``.
+AGENT_DIALECT = Dialect(framer=agent_framer, error_event=AgentEventName.ERROR.value)
+
+
 class AgentSSEFramer(NumberedFramer):
     """Turns one agent request's events into RAGFlow-style SSE payloads.
 
@@ -160,6 +170,7 @@ def agent_sse_event(frame: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "AGENT_DIALECT",
     "SSE_DONE",
     "AgentEventName",
     "AgentFramer",

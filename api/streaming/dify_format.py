@@ -20,7 +20,10 @@ native protocol; this module translates at its edges:
   ``response_mode`` → ``stream``), and passes ``{"type": "stop" | "ping"}`` through;
 * :class:`DifyFramer` turns answer events into Dify events;
 * :func:`native_frame_to_dify` turns the loop's own frames (refusals, the completion
-  marker, pongs) into Dify events, or drops them (the marker: Dify has none).
+  marker, pongs) into Dify events, or drops them (the marker: Dify has none);
+* :func:`dify_dialect` tells the loop the rest: Dify framers, a marker after every
+  refusal (dropped here), and Dify's ``{"event": "ping"}`` while a request runs and
+  nothing was sent for a while.
 
 Every error event is built as a dict and encoded with ``json.dumps``: a quote or a
 backslash in a message cannot break the frame (Dify PR #33543 built them with
@@ -41,10 +44,12 @@ from api.streaming.protocol import (
     INTERNAL_ERROR_MESSAGE,
     MAX_REQ_ID_CHARS,
     CompletionRequest,
+    Dialect,
     IllegalTransition,
     StreamState,
     describe_error,
     end_frame,
+    is_end_marker,
     optional_str,
     tagged,
 )
@@ -77,6 +82,12 @@ class DifyEvent(str, Enum):
     MESSAGE_END = "message_end"
     ERROR = "error"
     PONG = "pong"
+    PING = "ping"
+
+
+#: Dify's keepalive event: sent while a request runs and nothing else was sent for
+#: ``RAGSOCKET_DIFY_PING_INTERVAL`` seconds (Dify streams it every 10 s).
+PING_EVENT: dict[str, Any] = {"event": DifyEvent.PING.value}
 
 
 #: Envelope code → (HTTP-like ``status``, Dify error ``code``).
@@ -248,11 +259,6 @@ def native_frame_to_dify(frame: Any) -> dict[str, Any] | None:
     return frame
 
 
-def is_end_marker(frame: Any) -> bool:
-    """True for the native completion marker ``{"code": 0, "message": "", "data": true}``."""
-    return isinstance(frame, dict) and frame.get("data") is True and "event" not in frame
-
-
 def is_terminal(frame: Any) -> bool:
     """True for the event ending a Dify request: ``message_end``, ``error``, or the
     single ``message`` of blocking mode (it carries ``metadata``)."""
@@ -412,7 +418,7 @@ class DifyFramer:
 
 
 def dify_framer(kind: DifyKind) -> Callable[[CompletionRequest], DifyFramer]:
-    """``make_framer`` for a route of ``kind``."""
+    """The framer factory of a route of ``kind`` (``Dialect.framer``)."""
 
     def make(request: CompletionRequest) -> DifyFramer:
         return DifyFramer(request, kind)
@@ -420,13 +426,23 @@ def dify_framer(kind: DifyKind) -> Callable[[CompletionRequest], DifyFramer]:
     return make
 
 
+def dify_dialect(kind: DifyKind, ping_interval: float) -> Dialect:
+    """The dialect of a Dify route of ``kind``: Dify events, native refusals (turned into
+    ``error`` events at the socket edge, each with its marker, which the edge drops), and
+    :data:`PING_EVENT` after ``ping_interval`` seconds without a frame while a request
+    runs (0: never)."""
+    return Dialect(framer=dify_framer(kind), markers_visible=False, heartbeat=PING_EVENT, heartbeat_interval=ping_interval)
+
+
 __all__ = [
+    "PING_EVENT",
     "DifyEvent",
     "DifyFramer",
     "DifyKind",
     "DifyRequest",
     "ResponseMode",
     "client_message_to_native",
+    "dify_dialect",
     "dify_error_status",
     "dify_framer",
     "error_event",

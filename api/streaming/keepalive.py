@@ -13,8 +13,15 @@ The same subclass also answers a frame wsproto cannot parse (invalid UTF-8 in a 
 message: 1007; bad framing: 1002) with a close frame carrying that code, where
 hypercorn would drop the TCP connection without one.
 
+It never negotiates permessage-deflate (RFC 7692), which hypercorn offers to every
+client that asks: a compressed message is inflated whole before hypercorn compares
+its size with ``websocket_max_message_size``, so a few kilobytes on the wire could
+make megabytes of memory (a "deflate bomb"). Without the extension a message counts
+as the bytes that arrive, and a frame with the compression bit set is a protocol
+error (close 1002). Answer frames are small JSON text; they lose little.
+
 Tested against hypercorn 0.17–0.18 (``test/test_ws_protocol.py``), whose
-``WSStream._accept`` and ``_send_pings`` this relies on.
+``WSStream._accept``, ``_send_pings`` and ``Handshake.extensions`` this relies on.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class KeepaliveWSStream(WSStream):
     pong_timeout: float = 20.0
 
     async def handle(self, event) -> None:  # type: ignore[no-untyped-def]
+        """hypercorn's handling of one connection event (handshake, data, close), then
+        wake :meth:`_pause` when the stream closed."""
         await super().handle(event)
         if self.closed:
             self._stream_closed().set()
@@ -58,6 +67,7 @@ class KeepaliveWSStream(WSStream):
             pass
 
     async def _accept(self, message) -> None:  # type: ignore[no-untyped-def]
+        self.handshake.extensions = None  # no permessage-deflate (see the module docstring)
         self._last_pong = time.monotonic()
         self._batch: list[Event] = []
         await super()._accept(message)

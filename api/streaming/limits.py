@@ -4,9 +4,12 @@
   ``rate_per_minute`` questions per minute), shared by WebSocket messages and HTTP
   completions so that neither path bypasses it.
 * :class:`ConnectionRegistry`: counts open connections in total and per key,
-  refusing past the limits (close 1013 / 1008), and drives graceful shutdown: idle
-  connections close at once with 1001, running answers get a grace period, then are
-  stopped (their partial answers saved) and their connections closed with 1001.
+  refusing past the limits (close 1013 / 1008); counts the answers that go on after
+  their client left (``"resumable": true``) per key, refusing past a limit; knows the
+  answers generated in this process by message id (so that a client following one
+  with resume can stop it); and drives graceful shutdown: idle connections close at
+  once with 1001, running answers get a grace period, then are stopped (their partial
+  answers saved) and their connections closed with 1001.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -118,6 +121,8 @@ class ConnectionRegistry:
         self._per_key: dict[str, int] = {}
         self._connections: set[Closable] = set()
         self._detached: set[asyncio.Task] = set()
+        self._detached_per_key: dict[str, int] = {}
+        self._answers: dict[str, Callable[[], None]] = {}
 
     @property
     def open_connections(self) -> int:
@@ -135,8 +140,13 @@ class ConnectionRegistry:
         if self.open_connections >= self.max_total:
             raise Refused(CloseCode.TRY_AGAIN_LATER, f"server busy: {self.max_total} connections open; retry later")
 
-    def admit(self, key: str, connection: Closable) -> None:
+    def admit(self, key: str, connection: Closable, holder: str = "API key") -> None:
         """Count an authenticated connection.
+
+        Args:
+            key: what the per-key limit counts (an API key id; ``anonymous:<address>``
+                for sockets without authentication).
+            holder: how the refusal names ``key`` ("API key", "client address").
 
         Raises:
             Refused: see :meth:`check_capacity`; 1008 past the per-key limit.
@@ -144,7 +154,7 @@ class ConnectionRegistry:
         self.check_capacity()
         if self._per_key.get(key, 0) >= self.max_per_key:
             raise Refused(
-                CloseCode.POLICY_VIOLATION, f"too many connections for this API key (limit {self.max_per_key})"
+                CloseCode.POLICY_VIOLATION, f"too many connections for this {holder} (limit {self.max_per_key})"
             )
         self._per_key[key] = self._per_key.get(key, 0) + 1
         self._connections.add(connection)
@@ -159,10 +169,48 @@ class ConnectionRegistry:
             else:
                 self._per_key.pop(key, None)
 
-    def detach(self, task: asyncio.Task) -> None:
-        """Keep track of an answer that goes on after its client left (for resume)."""
+    def detach(self, task: asyncio.Task, key: str, limit: int) -> bool:
+        """Let an answer go on after its client left (for resume), unless ``key``
+        already has ``limit`` such answers running.
+
+        Returns:
+            True when the answer was detached; False when the caller must stop it.
+        """
+        if self._detached_per_key.get(key, 0) >= limit:
+            return False
         self._detached.add(task)
-        task.add_done_callback(self._detached.discard)
+        self._detached_per_key[key] = self._detached_per_key.get(key, 0) + 1
+        task.add_done_callback(lambda done: self._forget_detached(done, key))
+        return True
+
+    def _forget_detached(self, task: asyncio.Task, key: str) -> None:
+        self._detached.discard(task)
+        remaining = self._detached_per_key.get(key, 1) - 1
+        if remaining > 0:
+            self._detached_per_key[key] = remaining
+        else:
+            self._detached_per_key.pop(key, None)
+
+    def detached_count(self, key: str) -> int:
+        """Answers of ``key`` running without a client."""
+        return self._detached_per_key.get(key, 0)
+
+    def register_answer(self, message_id: str, stop: Callable[[], None]) -> None:
+        """Note an answer generated in this process, and how to stop it."""
+        self._answers[message_id] = stop
+
+    def unregister_answer(self, message_id: str) -> None:
+        """Forget an answer that ended."""
+        self._answers.pop(message_id, None)
+
+    def stop_answer(self, message_id: str) -> bool:
+        """Stop an answer generated in this process; False when none has that id
+        (it ended, or another process generates it)."""
+        stop = self._answers.get(message_id)
+        if stop is None:
+            return False
+        stop()
+        return True
 
     def detached(self) -> Iterator[asyncio.Task]:
         """Answers running without a client."""

@@ -21,13 +21,21 @@ WebSocket additions (all optional for clients, see ``docs/websocket_api.md``):
 * content and error frames of an answer carry ``data.seq`` (1, 2, 3 … per message),
   the position a client gives back in ``{"type": "resume", …, "last_seq"}``;
 * other client messages: ``{"type": "stop"}``, ``{"type": "ping"}`` (answered by
-  ``{"type": "pong", "ts": <ms>}``) and ``{"type": "resume"}``.
+  ``{"type": "pong", "ts": <ms>}``) and ``{"type": "resume"}``;
+* a refused message gets an error frame and its completion marker, except a message
+  refused while the request without ``req_id`` runs: no marker, which would read as
+  that request's end (:meth:`Dialect.refusal_has_marker`).
+
+What differs between the routes sharing the connection loop — the framer of each
+request, the ``event`` of error frames, heartbeats — is a :class:`Dialect`
+(:data:`CHAT_DIALECT`, ``agent_frames.AGENT_DIALECT``, ``dify_format.dify_dialect``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -41,9 +49,6 @@ logger = logging.getLogger(__name__)
 
 END_FRAME: dict[str, Any] = {"code": RetCode.SUCCESS.value, "message": "", "data": True}
 INTERNAL_ERROR_MESSAGE = "internal server error; the request was logged"
-#: Fields a completion request may carry (RAGFlow's, plus kb_ids / doc_ids filters).
-REQUEST_FIELDS = frozenset({"question", "session_id", "stream", "legacy", "kb_ids", "doc_ids", "quote"})
-
 
 #: Longest ``req_id``, characters.
 MAX_REQ_ID_CHARS = 64
@@ -296,6 +301,29 @@ def error_frame_for(error: BaseException) -> dict[str, Any]:
     return error_frame(*describe_error(error))
 
 
+def refusal_frame(error: BaseException, req_id: str | None = None, event: str | None = None) -> dict[str, Any]:
+    """The error frame refusing (or ending) a request: :func:`error_frame_for`, with
+    ``"event": event`` when given (agent frames carry ``"event": "error"``) and
+    ``req_id`` echoed."""
+    frame = error_frame_for(error)
+    if event is not None:
+        frame["event"] = event
+    return tagged(frame, req_id)
+
+
+def is_end_marker(frame: Any) -> bool:
+    """True for the completion marker ``{"code": 0, "message": "", "data": true}``
+    (``req_id`` aside); an agent or Dify event with ``data: true`` is not one."""
+    return isinstance(frame, dict) and frame.get("data") is True and "event" not in frame
+
+
+def frame_seq(frame: Any) -> int | None:
+    """``data.seq`` of a numbered frame (content, or the error of a started answer), else None."""
+    data = frame.get("data") if isinstance(frame, dict) else None
+    seq = data.get("seq") if isinstance(data, dict) else None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
 class Framer(Protocol):
     """Turns one request's events into frames (:class:`AnswerFramer` for chats).
 
@@ -362,9 +390,7 @@ class NumberedFramer:
     def fail(self, error: BaseException) -> dict[str, Any]:
         """The error frame ending this request (numbered when an answer had begun)."""
         self.state = StreamState.FINISHED
-        frame = error_frame_for(error)
-        if self.error_event is not None:
-            frame["event"] = self.error_event
+        frame = refusal_frame(error, None, self.error_event)
         if self.message_id is not None:
             frame["data"].update(id=self.message_id, session_id=self.session_id, seq=self._next_seq())
         return tagged(frame, self.req_id)
@@ -425,3 +451,55 @@ class AnswerFramer(NumberedFramer):
         self.answer = event.answer
         whole = self.legacy or not self.stream
         return [self._data(event.answer if whole else "", event.reference, True, event.interrupted)]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What sets one WebSocket route's frames apart; the connection loop is shared.
+
+    Attributes:
+        framer: makes the framer of each request (the frames of its answer).
+        error_event: the ``event`` every error frame of the route carries (agent
+            frames: ``"error"``), refusals included; None for chat frames.
+        markers_visible: whether completion markers reach the client. When they do,
+            a message refused while the request without ``req_id`` runs gets its
+            error frame but no marker: a client reading until ``data === true`` would
+            take that marker for the end of the running answer. The Dify routes drop
+            markers at the socket edge (where they only release held events), so
+            there every refusal keeps its marker.
+        heartbeat: a frame sent while a request runs and nothing was sent for
+            ``heartbeat_interval`` seconds (Dify's ``{"event": "ping"}``), or None.
+        heartbeat_interval: seconds; 0 sends no heartbeat.
+    """
+
+    framer: Callable[[CompletionRequest], Framer] = chat_framer
+    error_event: str | None = None
+    markers_visible: bool = True
+    heartbeat: dict[str, Any] | None = None
+    heartbeat_interval: float = 0.0
+
+    def error(self, error: BaseException, req_id: str | None = None) -> dict[str, Any]:
+        """The error frame refusing a message or ending a request (see :func:`refusal_frame`)."""
+        return refusal_frame(error, req_id, self.error_event)
+
+    def rejection(self, code: int, message: str) -> dict[str, Any]:
+        """The frame refusing a whole connection before its close: ``{"code", "message",
+        "data": null}`` (plus ``event`` when the route's errors carry one)."""
+        frame: dict[str, Any] = {"code": int(code), "message": message, "data": None}
+        if self.error_event is not None:
+            frame["event"] = self.error_event
+        return frame
+
+    def refusal_has_marker(self, req_id: str | None, untagged_running: bool) -> bool:
+        """Whether a refused message's error frame is followed by its completion marker
+        (see ``markers_visible``)."""
+        return not (self.markers_visible and req_id is None and untagged_running)
+
+    @property
+    def heartbeats(self) -> bool:
+        """True when this route sends heartbeat frames."""
+        return self.heartbeat is not None and self.heartbeat_interval > 0
+
+
+#: The native chat routes' dialect.
+CHAT_DIALECT = Dialect()

@@ -6,14 +6,19 @@ expected frames are RAGFlow's formats as documented in :mod:`api.streaming.proto
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
 from api.db.services.conversation_service import AnswerDelta, AnswerDone
 from api.rag.llm import ChatModelError
+from api.streaming.agent_frames import AGENT_DIALECT, AgentFramer
+from api.streaming.dify_format import PING_EVENT, DifyKind, dify_dialect
 from api.streaming.protocol import (
+    CHAT_DIALECT,
     END_FRAME,
     INTERNAL_ERROR_MESSAGE,
     AnswerFramer,
@@ -22,8 +27,11 @@ from api.streaming.protocol import (
     StreamState,
     describe_error,
     dumps,
+    end_frame,
     error_frame,
     error_frame_for,
+    frame_seq,
+    is_end_marker,
     parse_request_payload,
     parse_request_text,
     sse_event,
@@ -287,3 +295,75 @@ def test_sse_event_format():
 
 def test_sse_end_event():
     assert sse_event(END_FRAME) == 'data:{"code":0,"message":"","data":true}\n\n'
+
+
+# -- dialects: refusals, markers, heartbeats ------------------------------------------
+
+
+def test_chat_refusal_is_the_error_envelope_echoing_req_id():
+    assert CHAT_DIALECT.error(DataError("busy"), "a") == {**error_frame(102, "busy"), "req_id": "a"}
+    assert CHAT_DIALECT.error(ArgumentError("bad")) == error_frame(101, "bad")
+    assert CHAT_DIALECT.rejection(108, "too many") == {"code": 108, "message": "too many", "data": None}
+
+
+def test_agent_refusals_carry_the_error_event():
+    assert AGENT_DIALECT.error(ArgumentError("empty"), "q") == {**error_frame(101, "empty"), "event": "error", "req_id": "q"}
+    assert AGENT_DIALECT.rejection(109, "bad key") == {"code": 109, "message": "bad key", "data": None, "event": "error"}
+    assert AGENT_DIALECT.framer(CompletionRequest("q", req_id="r")).req_id == "r"
+    assert isinstance(AGENT_DIALECT.framer(CompletionRequest("q")), AgentFramer)
+
+
+@pytest.mark.parametrize(
+    ("req_id", "untagged_running", "marker"),
+    [
+        (None, False, True),  # nothing untagged runs: the refusal ends with its marker
+        (None, True, False),  # its marker would read as the running answer's end
+        ("a", True, True),  # a tagged marker cannot be mistaken
+        ("a", False, True),
+    ],
+)
+def test_a_refusal_has_no_marker_only_while_the_untagged_request_runs(req_id, untagged_running, marker):
+    assert CHAT_DIALECT.refusal_has_marker(req_id, untagged_running) is marker
+    assert AGENT_DIALECT.refusal_has_marker(req_id, untagged_running) is marker
+
+
+def test_dify_refusals_keep_their_marker_which_the_socket_drops():
+    dialect = dify_dialect(DifyKind.CHAT, 10.0)
+    assert dialect.refusal_has_marker(None, True) is True
+    assert dialect.heartbeats and dialect.heartbeat == PING_EVENT == {"event": "ping"} and dialect.heartbeat_interval == 10.0
+    assert not dify_dialect(DifyKind.CHAT, 0).heartbeats, "0 turns the ping off"
+    assert not CHAT_DIALECT.heartbeats and not AGENT_DIALECT.heartbeats
+
+
+def test_end_marker_and_seq_are_read_off_frames():
+    assert is_end_marker(end_frame()) and is_end_marker(end_frame("a"))
+    assert not is_end_marker({"event": "message", "data": True})
+    assert not is_end_marker(data_frame("x", {}, False, 1))
+    assert frame_seq(data_frame("x", {}, False, 3)) == 3
+    assert frame_seq(end_frame()) is None and frame_seq({"data": {"seq": True}}) is None and frame_seq("x") is None
+
+
+# -- docstrings ---------------------------------------------------------------------
+
+STREAMING = Path(__file__).resolve().parents[2] / "api" / "streaming"
+
+
+def undocumented(path: Path) -> list[str]:
+    """Public classes, functions and methods of a module without a docstring."""
+    missing: list[str] = []
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not child.name.startswith("_"):
+                if ast.get_docstring(child) is None:
+                    missing.append(f"{path.name}:{child.lineno} {prefix}{child.name}")
+                if isinstance(child, ast.ClassDef):
+                    walk(child, f"{prefix}{child.name}.")
+
+    walk(ast.parse(path.read_text(encoding="utf-8")), "")
+    return missing
+
+
+def test_every_public_name_of_the_stream_core_has_a_docstring():
+    missing = [name for path in sorted(STREAMING.glob("*.py")) for name in undocumented(path)]
+    assert missing == []

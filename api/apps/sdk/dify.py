@@ -10,7 +10,7 @@
 
 The Dify "app" is one of the tenant's chats: ``chat_id`` in the request, else
 ``?chat_id=`` on the URL, else the tenant's only chat. Authentication is
-:func:`~api.utils.api_utils.ws_authenticated` (``Authorization: Bearer <API key>`` as in Dify, or the
+:func:`~api.apps.sdk.websocket.authenticated` (``Authorization: Bearer <API key>`` as in Dify, or the
 other ways of ``docs/websocket_api.md``).
 
 The connection is served by :func:`~api.apps.sdk.websocket.serve_connection` (the
@@ -20,7 +20,9 @@ loop's :class:`~api.streaming.connection.Transport`, wrapping the Quart websocke
 translates each incoming Dify request into a native question and each frame the loop
 itself writes (refusals, the completion marker, pongs) into a Dify event; answer
 frames are already Dify events (:class:`~api.streaming.dify_format.DifyFramer`).
-Authentication refusals are Dify ``error`` events too (:func:`ws_authenticated`).
+Authentication refusals are Dify ``error`` events too (:func:`authenticated`). While a
+request runs, the loop sends Dify's ``{"event": "ping"}`` whenever nothing was sent for
+``RAGSOCKET_DIFY_PING_INTERVAL`` seconds (:func:`~api.streaming.dify_format.dify_dialect`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ from typing import Any
 
 from quart import Blueprint, websocket
 
-from api.apps.sdk.websocket import QuartTransport, owner_found, serve_connection
+from api.apps.sdk.websocket import (
+    QuartTransport,
+    authenticated,
+    owner_found,
+    serve_connection,
+)
 from api.db.services import dataset_service, dialog_service
 from api.runtime import get_runtime
 from api.streaming.answer import chat_answer_factory
@@ -40,7 +47,7 @@ from api.streaming.connection import Factory, Transport
 from api.streaming.dify_format import (
     DifyKind,
     client_message_to_native,
-    dify_framer,
+    dify_dialect,
     error_event,
     is_end_marker,
     is_terminal,
@@ -53,7 +60,7 @@ from api.streaming.protocol import (
     dumps,
     peek_req_id,
 )
-from api.utils.api_utils import run_blocking, ws_authenticated
+from api.utils.api_utils import run_blocking
 from common.errors import ArgumentError, AuthError, DataError
 
 manager = Blueprint("dify", __name__)
@@ -157,7 +164,7 @@ def _dataset_names(tenant_id: str, dataset_ids: list[str]) -> dict[str, str]:
     return names
 
 
-async def _serve(tenant_id: str, kind: DifyKind, url_chat_id: str | None, transport: DifySocket) -> None:
+async def _serve(tenant_id: str, kind: DifyKind, url_chat_id: str | None, transport: DifySocket, ping_interval: float) -> None:
     async def answerer(request: CompletionRequest) -> Factory:
         chat_id = request.chat_id or url_chat_id or await run_blocking(_only_chat, tenant_id)
         dialog = await run_blocking(dialog_service.get_chat, tenant_id, chat_id)
@@ -169,7 +176,7 @@ async def _serve(tenant_id: str, kind: DifyKind, url_chat_id: str | None, transp
 
         return factory
 
-    await serve_connection(answerer, make_framer=dify_framer(kind), transport=transport)
+    await serve_connection(answerer, dialect=dify_dialect(kind, ping_interval), transport=transport)
 
 
 def _auth_refusal(error: AuthError) -> dict:
@@ -177,7 +184,7 @@ def _auth_refusal(error: AuthError) -> dict:
 
 
 def _route(kind: DifyKind):
-    @ws_authenticated(refusal=_auth_refusal)
+    @authenticated(_auth_refusal)
     async def route(tenant_id: str) -> None:
         settings = get_runtime().settings
         transport = DifySocket(QuartTransport(), kind, settings.max_question_chars, settings.ws_max_message_bytes)
@@ -185,7 +192,7 @@ def _route(kind: DifyKind):
         if url_chat_id is not None:  # as the native route: an unknown chat gets an error event, then 1008
             if not await owner_found(transport, dialog_service.get_chat, tenant_id, url_chat_id, "chat not found"):
                 return
-        await _serve(tenant_id, kind, url_chat_id, transport)
+        await _serve(tenant_id, kind, url_chat_id, transport, settings.dify_ping_interval)
 
     return route
 
