@@ -44,6 +44,9 @@ class KeepaliveWSStream(WSStream):
     """hypercorn's WSStream plus pong tracking (see the module docstring)."""
 
     pong_timeout: float = 20.0
+    #: Seconds to wait for the client's close frame after ours (the ``websockets``
+    #: library's ``close_timeout`` is 10 s; a refusal need not hold a socket that long).
+    close_timeout: float = 2.0
 
     async def handle(self, event) -> None:  # type: ignore[no-untyped-def]
         """hypercorn's handling of one connection event (handshake, data, close), then
@@ -51,6 +54,29 @@ class KeepaliveWSStream(WSStream):
         await super().handle(event)
         if self.closed:
             self._stream_closed().set()
+
+    async def app_send(self, message) -> None:  # type: ignore[no-untyped-def]
+        """hypercorn's handling of the application's ASGI events; when the application
+        ends after sending a close frame, first wait (at most :attr:`close_timeout`
+        seconds) for the client's close frame.
+
+        RFC 6455 section 7.1.1: the TCP connection closes after both close frames.
+        hypercorn closes it as soon as the application ends; a frame the client sent
+        meanwhile (a ping, a question) is then unread, the kernel answers with a
+        reset, and the client may lose the error frame and the close frame before it
+        (it then reports 1006 instead of, say, 1008).
+        """
+        if message is None and self._closing_handshake_pending():
+            try:
+                await asyncio.wait_for(self._stream_closed().wait(), self.close_timeout)
+            except TimeoutError:
+                pass
+        await super().app_send(message)
+
+    def _closing_handshake_pending(self) -> bool:
+        """Our close frame is sent and the client's has not arrived yet."""
+        connection = getattr(self, "connection", None)
+        return not self.closed and connection is not None and connection.state is ConnectionState.LOCAL_CLOSING
 
     def _stream_closed(self) -> asyncio.Event:
         event = getattr(self, "_closed_event", None)
