@@ -23,7 +23,7 @@ from test.support.server import (
     make_chat,
     make_chat_over,
 )
-from test.support.ws import ask, chat_url
+from test.support.ws import agent_url, ask, chat_url
 
 QUESTION = "How many days do I have to return a purchase?"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -98,6 +98,23 @@ async def test_metrics_count_answers_frames_requests_and_errors(server, tenant, 
     duration = delta(before, after, "ragsocket_stream_duration_seconds_sum", outcome="completed")
     assert 0 < first_token < duration < 20, (first_token, duration)
     assert delta(before, after, "ragsocket_time_to_first_token_seconds_bucket", le="+Inf") == 2
+    answers = "ragsocket_answers_total"
+    assert delta(before, after, answers, transport="websocket", kind="chat", outcome="completed") == 1
+    assert delta(before, after, answers, transport="sse", kind="chat", outcome="completed") == 1
+
+
+async def test_websocket_agent_answers_are_counted_by_kind(server, tenant):
+    async with api_client(server, tenant) as api:
+        body = {"title": f"metrics-agent-{asyncio.get_running_loop().time()}", "dsl": {"tools": [{"type": "calculator"}]}}
+        agent_id = (await api.post("/agents", json=body)).json()["data"]["id"]
+    before = await scrape(server)
+    async with connect(agent_url(server, agent_id), additional_headers=auth(tenant)) as ws:
+        frames = await ask(ws, "What is 12 * 7?")
+    assert any("84" in (f.get("data") or {}).get("content", "") for f in frames if isinstance(f.get("data"), dict))
+    after = await scrape(server)
+    assert delta(before, after, "ragsocket_answers_total", transport="websocket", kind="agent", outcome="completed") == 1
+    assert delta(before, after, "ragsocket_answers_total", transport="websocket", kind="chat", outcome="completed") == 0
+    assert delta(before, after, "ragsocket_time_to_first_token_seconds_count") == 1
 
 
 async def test_stream_error_frame_counts_its_code(server, tenant, openai_server):
@@ -111,6 +128,9 @@ async def test_stream_error_frame_counts_its_code(server, tenant, openai_server)
     after = await scrape(server)
     assert delta(before, after, "ragsocket_errors_total", code="500") == 1
     assert delta(before, after, "ragsocket_stream_duration_seconds_count", outcome="error") == 1
+    assert delta(before, after, "ragsocket_answers_total", transport="sse", kind="chat", outcome="error") == 1
+    # the model failed before any text: no time to first token
+    assert delta(before, after, "ragsocket_time_to_first_token_seconds_count") == 0
 
 
 async def test_unknown_path_is_counted_as_unmatched(server):

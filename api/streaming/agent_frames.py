@@ -120,7 +120,7 @@ def agent_framer(request: CompletionRequest) -> AgentFramer:
 #: The agent route's dialect: agent frames, and every error frame — refusals of a
 #: message (empty question, busy, rate limit …) and of the connection (bad key,
 #: unknown agent, too many connections) included — carries ``"event": "error"``.
-AGENT_DIALECT = Dialect(framer=agent_framer, error_event=AgentEventName.ERROR.value)
+AGENT_DIALECT = Dialect(name="agent", framer=agent_framer, error_event=AgentEventName.ERROR.value)
 
 
 class AgentSSEFramer(NumberedFramer):

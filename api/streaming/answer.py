@@ -41,24 +41,29 @@ async def answer_frames(
     factory: Callable[[threading.Event], Iterator[AnswerEvent]],
     framer: Framer,
     on_start: Callable[[ThreadedStream[AnswerEvent]], None] | None = None,
+    transport: str = "websocket",
+    kind: str = "chat",
 ) -> AsyncIterator[dict[str, Any]]:
     """Frames of one request: data frames, an error frame on failure, then the marker.
 
     Args:
         on_start: called with the running stream (so that a "stop" can reach it).
+        transport: ``websocket`` or ``sse``; ``kind``: ``chat``, ``agent``, ``dify``,
+            ``openai`` (labels of the answers metric).
 
     Closing this async generator early (client gone) stops the worker, whose
     generator saves the partial answer. The time to the first event and the
     stream's duration go to :mod:`api.utils.metrics`.
     """
-    timer, outcome = metrics.answer_started(), "abandoned"
+    timer, outcome = metrics.answer_started(transport, kind), "abandoned"
     try:
         try:
             async with pool.stream(factory) as events:
                 if on_start is not None:
                     on_start(events)
                 async for event in events:
-                    timer.event()
+                    if getattr(event, "text", ""):  # a piece of answer text, not a tool step
+                        timer.first_text()
                     for frame in framer.feed(event):
                         yield frame
             outcome = "completed"

@@ -482,7 +482,7 @@ class AnswerConnection:
         except RagSocketError as error:
             await self._end_with_error(running, error)
             return
-        frames = answer_frames(self.ctx.pool, factory, framer, on_start=running.attach)
+        frames = answer_frames(self.ctx.pool, factory, framer, on_start=running.attach, kind=self.dialect.name)
         try:
             async for frame in frames:
                 if is_end_marker(frame):

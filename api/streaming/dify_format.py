@@ -431,7 +431,7 @@ def dify_dialect(kind: DifyKind, ping_interval: float) -> Dialect:
     ``error`` events at the socket edge, each with its marker, which the edge drops), and
     :data:`PING_EVENT` after ``ping_interval`` seconds without a frame while a request
     runs (0: never)."""
-    return Dialect(framer=dify_framer(kind), markers_visible=False, heartbeat=PING_EVENT, heartbeat_interval=ping_interval)
+    return Dialect(name="dify", framer=dify_framer(kind), markers_visible=False, heartbeat=PING_EVENT, heartbeat_interval=ping_interval)
 
 
 __all__ = [

@@ -458,6 +458,8 @@ class Dialect:
     """What sets one WebSocket route's frames apart; the connection loop is shared.
 
     Attributes:
+        name: the kind of answers, a label of the answers metric (``chat``, ``agent``,
+            ``dify``).
         framer: makes the framer of each request (the frames of its answer).
         error_event: the ``event`` every error frame of the route carries (agent
             frames: ``"error"``), refusals included; None for chat frames.
@@ -472,6 +474,7 @@ class Dialect:
         heartbeat_interval: seconds; 0 sends no heartbeat.
     """
 
+    name: str = "chat"
     framer: Callable[[CompletionRequest], Framer] = chat_framer
     error_event: str | None = None
     markers_visible: bool = True

@@ -56,9 +56,16 @@ ERRORS = Counter(
     "HTTP answer or a stream's error frame, or http_<status> for an error without an envelope.",
     ["code"],
 )
+ANSWERS = Counter(
+    "ragsocket_answers",
+    "Answers (one per question) by transport (websocket, sse, http), kind (chat, agent, "
+    "dify, openai) and outcome (completed, error, abandoned: the client left).",
+    ["transport", "kind", "outcome"],
+)
 FIRST_TOKEN = Histogram(
     "ragsocket_time_to_first_token_seconds",
-    "Seconds from the start of an answer to its first event (the first piece of text).",
+    "Seconds from the start of an answer to its first piece of text (retrieval, tool "
+    "steps and the model's first token).",
     buckets=FIRST_TOKEN_BUCKETS,
 )
 STREAM_DURATION = Histogram(
@@ -128,14 +135,19 @@ def http_request_done(route: str, method: str, status: int, code: int | None) ->
 
 
 class AnswerTimer:
-    """Times one answer stream: :meth:`event` at each event, :meth:`end` once."""
+    """Times one answer stream: :meth:`first_text` at each piece of text, :meth:`end` once.
 
-    def __init__(self) -> None:
+    Args:
+        transport, kind: labels of :data:`ANSWERS` (see :func:`answer_started`).
+    """
+
+    def __init__(self, transport: str, kind: str) -> None:
         self.started = time.monotonic()
+        self._labels = (transport, kind)
         self._first_seen = False
 
-    def event(self) -> None:
-        """An event of the answer arrived (the first one is observed)."""
+    def first_text(self) -> None:
+        """A piece of answer text arrived (the first one is observed)."""
         if not self._first_seen:
             self._first_seen = True
             FIRST_TOKEN.observe(time.monotonic() - self.started)
@@ -143,8 +155,14 @@ class AnswerTimer:
     def end(self, outcome: str) -> None:
         """The stream ended: ``completed``, ``error`` or ``abandoned``."""
         STREAM_DURATION.labels(outcome).observe(time.monotonic() - self.started)
+        ANSWERS.labels(*self._labels, outcome).inc()
 
 
-def answer_started() -> AnswerTimer:
-    """A new answer stream starts now."""
-    return AnswerTimer()
+def answer_started(transport: str, kind: str) -> AnswerTimer:
+    """A new answer stream starts now.
+
+    Args:
+        transport: ``websocket``, ``sse`` or ``http`` (a whole answer in one response).
+        kind: ``chat``, ``agent``, ``dify`` or ``openai``.
+    """
+    return AnswerTimer(transport, kind)

@@ -148,7 +148,7 @@ async def completions(tenant_id: str, agent_id: str):
     req = await completion_request(agent_service.get_agent, agent_service.get_session, tenant_id, agent_id)
     pool, factory = get_runtime().pool, agent_answer_factory(tenant_id, agent_id, req)
     if not req.stream:
-        data = await whole_answer(answer_frames(pool, factory, AgentFramer(stream=False)))
+        data = await whole_answer(answer_frames(pool, factory, AgentFramer(stream=False), transport="http", kind="agent"))
         return get_result(_envelope_data(data))
 
-    return sse_response(answer_frames(pool, factory, AgentSSEFramer()), _sdk_sse_event)
+    return sse_response(answer_frames(pool, factory, AgentSSEFramer(), transport="sse", kind="agent"), _sdk_sse_event)

@@ -90,7 +90,7 @@ async def chat_completions(tenant_id: str, chat_id: str):
     except RagSocketError as error:
         return openai_error(error.code, error.message)
     framer = OpenAIFramer(req)
-    frames = answer_frames(runtime.pool, _factory(tenant_id, chat_id, req), framer)
+    frames = answer_frames(runtime.pool, _factory(tenant_id, chat_id, req), framer, transport="sse" if req.stream else "http", kind="openai")
     if not req.stream:
         collected: list[dict[str, Any]] = [frame async for frame in frames]
         response = jsonify(collected[0])

@@ -77,7 +77,7 @@ async def completions(tenant_id: str, chat_id: str):
     """Answer a question: SSE frames (``stream: true``) or one envelope."""
     req = await completion_request(dialog_service.get_chat, conversation_service.get_session, tenant_id, chat_id)
     framer = AnswerFramer(stream=req.stream, legacy=req.legacy)
-    frames = answer_frames(get_runtime().pool, chat_answer_factory(tenant_id, chat_id, req), framer)
+    frames = answer_frames(get_runtime().pool, chat_answer_factory(tenant_id, chat_id, req), framer, transport="sse" if req.stream else "http")
     if not req.stream:
         return get_result(await whole_answer(frames))
 
