@@ -128,6 +128,38 @@ class ConnectionContext:
     max_detached_per_key: int = 16
 
 
+async def receive_until_closed(
+    transport: Transport,
+    closed: asyncio.Event,
+    is_open: Callable[[], bool],
+    wait_seconds: Callable[[], float],
+    on_message: Callable[[str | bytes], Awaitable[None]],
+    on_timer: Callable[[], Awaitable[None]],
+) -> None:
+    """The receive loop of a WebSocket: ``on_message`` for each message, ``on_timer``
+    when ``wait_seconds()`` (seconds, recomputed each turn) pass without one; returns
+    when ``closed`` is set or ``is_open()`` turns false. The pending receive is
+    cancelled on the way out, also when the caller is cancelled (client gone)."""
+    receiver: asyncio.Future | None = None
+    closing = asyncio.ensure_future(closed.wait())
+    try:
+        while is_open():
+            if receiver is None:
+                receiver = asyncio.ensure_future(transport.receive())
+            done, _ = await asyncio.wait({receiver, closing}, timeout=wait_seconds(), return_when=asyncio.FIRST_COMPLETED)
+            if receiver in done:
+                message, receiver = receiver.result(), None
+                await on_message(message)
+            elif closing in done:
+                return
+            else:
+                await on_timer()
+    finally:
+        for future in (receiver, closing):
+            if future is not None:
+                future.cancel()
+
+
 class ConnectionState(Enum):
     """Life of a connection."""
 
@@ -252,26 +284,16 @@ class AnswerConnection:
     # -- the loop -------------------------------------------------------------------
     async def run(self) -> None:
         """Serve until the client disconnects (cancellation) or :meth:`close`."""
-        receiver: asyncio.Future | None = None
-        closed = asyncio.ensure_future(self._closed.wait())
         try:
-            while self.state is ConnectionState.OPEN:
-                if receiver is None:
-                    receiver = asyncio.ensure_future(self.transport.receive())
-                done, _ = await asyncio.wait(
-                    {receiver, closed}, timeout=self._wait_seconds(), return_when=asyncio.FIRST_COMPLETED
-                )
-                if receiver in done:
-                    message, receiver = receiver.result(), None
-                    await self.handle(message)
-                elif closed in done:
-                    return
-                else:
-                    await self._on_timer()
+            await receive_until_closed(
+                self.transport,
+                self._closed,
+                lambda: self.state is ConnectionState.OPEN,
+                self._wait_seconds,
+                self.handle,
+                self._on_timer,
+            )
         finally:
-            for future in (receiver, closed):
-                if future is not None:
-                    future.cancel()
             self._leave()
 
     def _wait_seconds(self) -> float:

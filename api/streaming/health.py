@@ -23,6 +23,7 @@ from api.streaming.connection import (
     IDLE_REASON,
     ConnectionState,
     Transport,
+    receive_until_closed,
 )
 from api.streaming.protocol import decode_json, dumps
 from common.constants import CloseCode
@@ -89,24 +90,14 @@ class EchoConnection:
     async def run(self) -> None:
         """Greet, then echo each message until the client leaves (cancellation) or a close."""
         await self.transport.send(dumps(self.greeting))
-        receiver: asyncio.Future | None = None
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            while self.state is ConnectionState.OPEN:
-                if receiver is None:
-                    receiver = asyncio.ensure_future(self.transport.receive())
-                done, _ = await asyncio.wait({receiver, closed}, timeout=self.idle_timeout, return_when=asyncio.FIRST_COMPLETED)
-                if receiver in done:
-                    message, receiver = receiver.result(), None
-                    await self._answer(message)
-                elif closed in done:
-                    return
-                else:
-                    await self.close(CloseCode.NORMAL_CLOSURE, IDLE_REASON)
-        finally:
-            for future in (receiver, closed):
-                if future is not None:
-                    future.cancel()
+        await receive_until_closed(
+            self.transport,
+            self._closed,
+            lambda: self.state is ConnectionState.OPEN,
+            lambda: self.idle_timeout,
+            self._answer,
+            lambda: self.close(CloseCode.NORMAL_CLOSURE, IDLE_REASON),
+        )
 
     async def _answer(self, message: str | bytes) -> None:
         if not isinstance(message, str):
