@@ -9,6 +9,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from api.rag.tokenizer import count_tokens
 from test.support.server import (
     ServerProcess,
     Tenant,
@@ -79,6 +80,27 @@ def test_streamed_chunks_concatenate_to_the_saved_answer(server, tenant, corpus,
     messages = saved_messages(http, corpus["chat_id"], chunks[-1].model_extra["session_id"])
     assert messages[-1]["content"] == answer and chunks[0].id == f"chatcmpl-{messages[-1]['id']}"
     assert messages[-1]["reference"]["chunks"] == reference
+
+
+def test_usage_is_reported_and_streamed_when_asked(server, tenant, corpus):
+    oa = client(server, corpus["chat_id"], tenant.api_key)
+    messages = [{"role": "user", "content": QUESTION}]
+    result = oa.chat.completions.create(model="m", messages=messages)
+    usage = result.usage
+    assert usage.prompt_tokens == count_tokens(QUESTION) > 0
+    assert usage.completion_tokens == count_tokens(result.choices[0].message.content) > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+    plain = list(oa.chat.completions.create(model="m", messages=messages, stream=True))
+    assert all(chunk.usage is None and chunk.choices for chunk in plain), "no usage unless asked"
+    asked = list(
+        oa.chat.completions.create(model="m", messages=messages, stream=True, stream_options={"include_usage": True})
+    )
+    *answer_chunks, usage_chunk = asked
+    assert usage_chunk.choices == [] and usage_chunk.id == answer_chunks[0].id
+    answer = "".join(chunk.choices[0].delta.content or "" for chunk in answer_chunks)
+    assert usage_chunk.usage.completion_tokens == count_tokens(answer)
+    assert usage_chunk.usage.prompt_tokens == count_tokens(QUESTION)
 
 
 def test_stream_ends_with_done_marker(server, tenant, corpus):
@@ -156,6 +178,15 @@ def test_bad_messages_are_400(server, tenant, corpus, messages, fragment):
     with pytest.raises(openai.BadRequestError) as caught:
         oa.chat.completions.create(model="m", messages=messages)
     assert caught.value.status_code == 400 and fragment in caught.value.body["message"]
+
+
+def test_bad_stream_options_are_400(server, tenant, corpus):
+    body = {"messages": [{"role": "user", "content": QUESTION}], "stream": True, "stream_options": {"include_usage": "yes"}}
+    response = httpx.post(
+        f"{server.api_url}/chats_openai/{corpus['chat_id']}/chat/completions", json=body, headers=auth(tenant), timeout=30
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "`stream_options.include_usage` must be true or false"
 
 
 def test_model_failure_is_500_or_an_error_event(server, tenant, corpus):

@@ -13,7 +13,14 @@ ending with ``data: [DONE]``, and the error object ``{"error": {"message", "type
   as ``reference.chunks`` of the other routes — are in ``choices[0].message.reference``
   or, streamed, in ``choices[0].delta.reference`` of the last chunk, beside
   ``delta.final_content`` (the whole answer);
-* every object also carries ``session_id``: the session that saved the conversation.
+* every object also carries ``session_id``: the session that saved the conversation;
+* ``usage`` (``prompt_tokens``, ``completion_tokens``, ``total_tokens``) is an
+  estimate, as the chat models here do not all report token counts: words plus CJK
+  characters (:func:`api.rag.tokenizer.count_tokens`) of the messages the client sent
+  and of the answer; the retrieved knowledge and the system prompt are not counted.
+  It is in every ``chat.completion``, and, streamed, in one more chunk with empty
+  ``choices`` before ``[DONE]`` when the request asks for it with
+  ``stream_options: {"include_usage": true}``, as OpenAI's API does.
 
 Conversation: the last message is the question and must be the user's; the earlier
 ``user`` / ``assistant`` messages are the history. ``system`` messages are ignored (the
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.db.services.conversation_service import AnswerDelta, AnswerEvent
+from api.rag.tokenizer import count_tokens
 from api.streaming.protocol import StreamState, describe_error
 from common.constants import RetCode
 from common.errors import ArgumentError
@@ -57,6 +65,8 @@ class OpenAIRequest:
     model: str = DEFAULT_MODEL
     stream: bool = False
     reference: bool = False
+    include_usage: bool = False
+    prompt_tokens: int = 0
 
 
 def _text(content: Any, index: int) -> str:
@@ -110,7 +120,27 @@ def parse_openai_request(payload: Any, max_question_chars: int) -> OpenAIRequest
         raise ArgumentError("`stream` and `reference` must be true or false")
     if not isinstance(model, str):
         raise ArgumentError("`model` must be a string")
-    return OpenAIRequest(question, tuple(history), model or DEFAULT_MODEL, stream, reference)
+    prompt_tokens = sum(count_tokens(message["content"]) for message in conversation)
+    return OpenAIRequest(
+        question, tuple(history), model or DEFAULT_MODEL, stream, reference, _include_usage(payload), prompt_tokens
+    )
+
+
+def _include_usage(payload: dict) -> bool:
+    """``stream_options.include_usage`` (OpenAI's API; default false).
+
+    Raises:
+        ArgumentError: ``stream_options`` is not an object, or ``include_usage`` not a boolean.
+    """
+    options = payload.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise ArgumentError("`stream_options` must be an object")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise ArgumentError("`stream_options.include_usage` must be true or false")
+    return include
 
 
 def error_status(code: int) -> tuple[int, str, str]:
@@ -132,9 +162,9 @@ class OpenAIFramer:
         now: Unix seconds for ``created`` (the clock, for tests).
 
     Streamed: a ``chat.completion.chunk`` per delta (the first with ``role``), a last
-    chunk with ``finish_reason: "stop"`` (and the references when asked), then
-    :data:`DONE`. Not streamed: one ``chat.completion``. A failure is an error object;
-    :attr:`status` is then its HTTP status.
+    chunk with ``finish_reason: "stop"`` (and the references when asked), the usage
+    chunk when asked, then :data:`DONE`. Not streamed: one ``chat.completion`` with
+    ``usage``. A failure is an error object; :attr:`status` is then its HTTP status.
     """
 
     def __init__(self, request: OpenAIRequest, now: float | None = None) -> None:
@@ -176,13 +206,28 @@ class OpenAIFramer:
             delta: dict[str, Any] = {}
             if self.request.reference:
                 delta = {"reference": chunks, "final_content": event.answer}
-            return [self._chunk(delta, "stop")]
+            last = [self._chunk(delta, "stop")]
+            if self.request.include_usage:
+                usage_chunk = self._base("chat.completion.chunk")
+                usage_chunk.update(choices=[], usage=self._usage(event.answer))
+                last.append(usage_chunk)
+            return last
         message: dict[str, Any] = {"role": "assistant", "content": event.answer}
         if self.request.reference:
             message["reference"] = chunks
         completion = self._base("chat.completion")
         completion["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}]
+        completion["usage"] = self._usage(event.answer)
         return [completion]
+
+    def _usage(self, answer: str) -> dict[str, int]:
+        completion_tokens = count_tokens(answer)
+        prompt_tokens = self.request.prompt_tokens
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
 
     def fail(self, error: BaseException) -> dict[str, Any]:
         """The error object ending this request (see :func:`describe_error`)."""

@@ -41,7 +41,13 @@ def test_parse_keeps_user_and_assistant_turns_after_the_first_question():
         100,
     )
     assert req == OpenAIRequest(
-        "q2", ({"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}), "gpt-x", True, True
+        "q2",
+        ({"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}),
+        "gpt-x",
+        True,
+        True,
+        include_usage=False,
+        prompt_tokens=5,  # every message sent counts: s, opener, q1, a1, q2
     )
 
 
@@ -89,7 +95,7 @@ def test_streamed_chunks_then_done():
 
 
 def test_one_completion_when_not_streamed():
-    framer = OpenAIFramer(OpenAIRequest("q"), now=5)
+    framer = OpenAIFramer(OpenAIRequest("q", prompt_tokens=1), now=5)
     frames = [frame for event in events() for frame in framer.feed(event)]
     assert frames == [
         {
@@ -99,8 +105,35 @@ def test_one_completion_when_not_streamed():
             "model": "ragsocket",
             "session_id": "s1",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
         }
     ]
+
+
+def test_usage_chunk_only_when_asked():
+    asked = OpenAIFramer(OpenAIRequest("q", stream=True, include_usage=True, prompt_tokens=1), now=5)
+    frames = [frame for event in events() for frame in asked.feed(event)]
+    assert frames[-2]["choices"][0]["finish_reason"] == "stop" and "usage" not in frames[-2]
+    assert frames[-1] == {
+        "id": "chatcmpl-m1",
+        "object": "chat.completion.chunk",
+        "created": 5,
+        "model": "ragsocket",
+        "session_id": "s1",
+        "choices": [],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+    plain = OpenAIFramer(OpenAIRequest("q", stream=True), now=5)
+    assert all("usage" not in frame for event in events() for frame in plain.feed(event))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [("yes", "`stream_options` must be an object"), ({"include_usage": 1}, "`stream_options.include_usage` must be true or false")],
+)
+def test_bad_stream_options(options, message):
+    with pytest.raises(ArgumentError, match=message.replace(".", r"\.")):
+        parse_openai_request({"messages": [{"role": "user", "content": "q"}], "stream_options": options}, 100)
 
 
 def test_failures_map_to_status_and_openai_error():
